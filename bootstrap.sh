@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sets up llm-homelab on a fresh Debian/Ubuntu machine (or a Mac with Python 3.11+): system packages
+# where it can install them, a virtual environment in .venv, the project with its engines.
+#   bash bootstrap.sh          # users: the project and its inference engines
+#   bash bootstrap.sh --dev    # contributors and CI: plus test and lint tools, sshd for the tests
+set -euo pipefail
+cd "$(dirname "$0")"
+
+extras="server"
+apt_packages=(git)
+if [[ "${1:-}" == "--dev" ]]; then
+  extras="server,mlx,dev"
+  apt_packages+=(openssh-server openssh-client nginx-light)
+fi
+[[ "$(uname -s)" == "Darwin" ]] && extras="${extras},mlx"
+
+if command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for pkg in "${apt_packages[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if ((${#missing[@]})); then
+    sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+    echo "==> apt-get install ${missing[*]}"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+python=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || { echo "==> creating .venv"; "$python" -m venv .venv; }
+.venv/bin/python -m pip install -q --upgrade pip
+
+# llama.cpp built without native CPU tuning: a native build on VMs whose CPU reports AMX segfaults on
+# the first decode (ggml_backend_amx_mul_mat), and the portable AVX2 build measured faster anyway.
+# Apple Silicon keeps the default build (Metal).
+if [[ "$(uname -s)" != "Darwin" ]]; then
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+  if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit('AMX' in llama_cpp.llama_print_system_info().decode())" 2>/dev/null; then
+    echo "==> building llama-cpp-python (portable AVX2 build; a few minutes)"
+    .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
+  fi
+fi
+
+echo "==> installing llm-homelab[$extras]"
+.venv/bin/python -m pip install -q -e ".[$extras]"
+echo "==> ready: .venv/bin/inv -l"

@@ -1,0 +1,7 @@
+"""llm-homelab: run local LLMs across a homelab (`inv -l` here, `fab -H host TASK` on a host)."""
+
+from invoke import Collection
+
+from tasks import git, lint, models, server, test
+
+ns = Collection(models, server, git, test, lint)

@@ -1,0 +1,1 @@
+"""Plain, typed modules that the tasks call. Nothing here imports a task module."""

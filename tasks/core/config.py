@@ -1,0 +1,131 @@
+"""Typed, validated view of invoke.yaml.
+
+invoke.yaml holds every setting with its default; these models hold none, so a key missing from
+the merged configuration is an error that names it rather than a silent second default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tasks.core.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_FILE = PROJECT_ROOT / "invoke.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _expand(value: str) -> Path:
+    path = Path(os.path.expandvars(os.path.expanduser(value)))
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+class ModelsSettings(Section):
+    catalog: Path
+    cache_dir: Path
+    hub_endpoint: str
+    hub_token: str
+    free_space_margin_mb: int = Field(ge=0)
+
+    _paths = field_validator("catalog", "cache_dir", mode="before")(lambda v: _expand(str(v)))
+
+
+class ServerSettings(Section):
+    model: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    engine: Literal["auto", "llama_cpp", "mlx"]
+    api_key: str
+    context_size: int = Field(ge=256)
+    state_dir: Path
+    start_timeout_s: float = Field(gt=0)
+    stop_grace_s: float = Field(gt=0)
+
+    _paths = field_validator("state_dir", mode="before")(lambda v: _expand(str(v)))
+
+
+class HostSettings(Section):
+    host: str
+    user: str = ""
+    port: int = Field(default=22, ge=1, le=65535)
+    checkout: str = ""
+    python: str = ""
+    tags: list[str] = []
+
+
+class RemoteSettings(Section):
+    checkout: str
+    python: str
+    host_key_policy: Literal["strict", "accept-new"]
+
+
+class Settings(Section):
+    models: ModelsSettings
+    server: ServerSettings
+    hosts: dict[str, HostSettings]
+    remote: RemoteSettings
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "missing":
+        return f"invoke.yaml: missing setting '{where}' — add it (see the project's invoke.yaml)"
+    if error["type"] == "extra_forbidden":
+        return f"invoke.yaml: unknown setting '{where}' — remove it or fix its spelling"
+    got = error.get("input")
+    return f"invoke.yaml: '{where}' = {got!r}: {error['msg']} — fix the value in invoke.yaml"
+
+
+def validate(config: Any) -> Settings:
+    """Build Settings from the merged invoke configuration (a Context's config or a plain dict)."""
+    sections = {name: _plain(config.get(name)) for name in Settings.model_fields}
+    sections = {k: v for k, v in sections.items() if v is not None}
+    try:
+        return Settings.model_validate(sections)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0])) from None
+
+
+def _plain(value: Any) -> Any:
+    """Invoke's DataProxy objects to plain dicts and lists, so pydantic sees ordinary data."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load(config: Any = None) -> Settings:
+    """Settings from a Context's config, or straight from the project's invoke.yaml."""
+    if config is None:
+        config = read_yaml(CONFIG_FILE)
+    return validate(config)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with a one-line error for a missing or malformed file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found", "restore it from git (git checkout -- FILE)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"{path.name}{where}: not valid YAML ({getattr(exc, 'problem', exc)})", "fix the syntax"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: top level must be a mapping of settings", "fix the file")
+    return data

@@ -1,0 +1,1 @@
+"""Lint: ruff and mypy over the project, as CI runs them."""
