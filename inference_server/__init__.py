@@ -1,0 +1,1 @@
+"""The llm-homelab inference server: OpenAI and Anthropic Messages APIs over local engines."""

@@ -1,0 +1,1 @@
+"""Engines: the only code that touches a backend library (llama.cpp, mlx-lm)."""
