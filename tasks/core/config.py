@@ -67,11 +67,19 @@ class RemoteSettings(Section):
     host_key_policy: Literal["strict", "accept-new"]
 
 
+class GitSettings(Section):
+    repo: Path
+    log_count: int = Field(ge=1)
+
+    _paths = field_validator("repo", mode="before")(lambda v: _expand(str(v)))
+
+
 class Settings(Section):
     models: ModelsSettings
     server: ServerSettings
     hosts: dict[str, HostSettings]
     remote: RemoteSettings
+    git: GitSettings
 
 
 def _describe(error: Any) -> str:
