@@ -195,9 +195,12 @@ def _gitmodules(repo: Path) -> dict[str, dict[str, str]]:
     """.gitmodules as name -> {path, url, branch, ...}."""
     if not (repo / ".gitmodules").is_file():
         return {}
-    out = _git(repo, "config", "--file", ".gitmodules", "--null", "--get-regexp", r"^submodule\.")
+    args = ("config", "--file", ".gitmodules", "--null", "--get-regexp", r"^submodule\.")
+    result = _run(repo, *args)
+    if result.returncode not in (0, 1):  # 1: no submodule entries
+        raise _error_for(repo, args, result.stderr)
     modules: dict[str, dict[str, str]] = {}
-    for item in filter(None, out.split("\0")):
+    for item in filter(None, result.stdout.split("\0")):
         key, _, value = item.partition("\n")
         name, _, field = key.removeprefix("submodule.").rpartition(".")
         modules.setdefault(name, {})[field] = value

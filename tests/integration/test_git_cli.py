@@ -82,6 +82,18 @@ def test_pull_fast_forwards_and_moves_submodules_to_the_new_records(git_world: G
     assert head(git_world.clone / "engines/a") == engine_commit
 
 
+def test_pull_stops_at_a_submodule_whose_local_changes_are_in_the_way(git_world: GitWorld) -> None:
+    engine_commit = git_world.push_commit("engine-a", "main", {"engine.txt": "a v2\n"}, "engine-a: v2")
+    git_world.push_submodule_move("engines/a", engine_commit)
+    (git_world.clone / "engines/a/engine.txt").write_text("my local edit\n")
+
+    error = refused("git.pull", "--repo", str(git_world.clone))
+
+    assert "local changes in submodule engines/a" in error
+    assert "inv git.submodule-reset --submodule engines/a" in error
+    assert (git_world.clone / "engines/a/engine.txt").read_text() == "my local edit\n"
+
+
 def test_pull_refuses_a_diverged_branch_and_keeps_local_commits(git_world: GitWorld) -> None:
     local = diverge(git_world)
 

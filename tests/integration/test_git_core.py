@@ -63,6 +63,23 @@ def test_pull_when_up_to_date_reports_no_new_commits(git_world: GitWorld) -> Non
     assert result.new_commits == 0 and result.before == result.after
 
 
+def test_pull_blocked_by_uncommitted_changes_keeps_them(git_world: GitWorld) -> None:
+    git_world.push_commit("app", "main", {"config.txt": "v2\n"}, "app: config v2")
+    (git_world.clone / "config.txt").write_text("my edit\n")
+
+    with pytest.raises(HomelabError, match=r"local changes in .* would be overwritten by the merge"):
+        core.pull(git_world.clone)
+
+    assert (git_world.clone / "config.txt").read_text() == "my edit\n"
+
+
+def test_a_project_without_submodules_has_none(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q", "-b", "main")
+    commit(tmp_path, {".gitmodules": "", "README.md": "x\n"}, "first")
+
+    assert core.submodules(tmp_path) == []
+
+
 def test_remote_update_refuses_to_drop_commits_of_a_diverged_submodule(git_world: GitWorld) -> None:
     clone = git_world.clone
     core.submodule_branch(clone, "engines/a", "dev")
