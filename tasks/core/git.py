@@ -8,6 +8,7 @@ so the task can show the loss and ask before anything is touched.
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,7 +90,8 @@ def _error_for(repo: Path, command: Sequence[str], stderr: str) -> HomelabError:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     said = next((line for line in reversed(lines) if line.startswith(("fatal:", "error:"))), "")
     said = said or (lines[-1] if lines else "no message")
-    return HomelabError(f"git {command[0]} failed in {repo}: {said}", f"run it yourself: git -C {repo} ...")
+    rerun = shlex.join(["git", "-C", str(repo), *command])
+    return HomelabError(f"git {command[0]} failed in {repo}: {said}", f"run it yourself for details: {rerun}")
 
 
 def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -238,6 +240,8 @@ def submodules(repo: Path) -> list[Submodule]:
     found = []
     for name, fields in _gitmodules(repo).items():
         path = fields.get("path", name)
+        if path not in recorded:  # a .gitmodules entry without a commit recorded is no submodule to git
+            continue
         tracks = fields.get("branch", "")
         checkout = repo / path
         tree = worktree(checkout) if (checkout / ".git").exists() else None
@@ -246,7 +250,7 @@ def submodules(repo: Path) -> list[Submodule]:
             against, ahead, behind = tree.upstream, tree.ahead, tree.behind
         elif tree is not None:
             against, ahead, behind = _compare_with_remote(checkout, tracks)
-        found.append(Submodule(name, path, recorded.get(path, ""), tracks, tree, against, ahead, behind))
+        found.append(Submodule(name, path, recorded[path], tracks, tree, against, ahead, behind))
     return found
 
 
@@ -298,7 +302,7 @@ def _submodule_losses(repo: Path, modules: Sequence[Submodule]) -> list[Loss]:
             continue
         # A submodule's HEAD becomes the recorded commit; commits that no ref keeps are lost.
         kept = ("--branches", "--tags", "--remotes", module.recorded)
-        stray = _commits_not_in(repo / module.path, *kept) if module.recorded else ()
+        stray = _commits_not_in(repo / module.path, *kept)
         if module.tree.changed or stray:
             losses.append(Loss(module.path, module.tree.changed, stray))
     return losses

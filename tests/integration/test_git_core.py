@@ -80,6 +80,14 @@ def test_a_project_without_submodules_has_none(tmp_path: Path) -> None:
     assert core.submodules(tmp_path) == []
 
 
+def test_a_gitmodules_entry_without_a_recorded_commit_is_no_submodule(git_world: GitWorld) -> None:
+    git(git_world.clone, "config", "--file", ".gitmodules", "submodule.engines/c.path", "engines/c")
+
+    assert [m.path for m in core.submodules(git_world.clone)] == ["engines/a", "engines/b"]
+    with pytest.raises(HomelabError, match=r"no submodule 'engines/c' .*\(it has: engines/a, engines/b\)"):
+        core.submodule_update(git_world.clone, "engines/c")
+
+
 def test_remote_update_refuses_to_drop_commits_of_a_diverged_submodule(git_world: GitWorld) -> None:
     clone = git_world.clone
     core.submodule_branch(clone, "engines/a", "dev")
