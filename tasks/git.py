@@ -98,8 +98,9 @@ def status(c: Context, repo: str = "") -> None:
     state = core.status(_repo(c, repo))
     tree = state.tree
     branch = f"{tree.branch} → {tree.upstream or 'no upstream'}" if tree.branch else "detached HEAD"
-    behind = f": {_track(tree.ahead, tree.behind)}" if tree.upstream else ""
-    _say(f"{state.root}  {_short(tree.commit)}  {branch}{behind}  {_dirty(tree.changed, tree.untracked)}")
+    track = "gone from the remote" if tree.upstream_gone else _track(tree.ahead, tree.behind)
+    track = f": {track}" if tree.upstream else ""
+    _say(f"{state.root}  {_short(tree.commit)}  {branch}{track}  {_dirty(tree.changed, tree.untracked)}")
     for module in state.submodules:
         _say(_submodule_line(module))
 

@@ -38,6 +38,11 @@ GIT_ERRORS: tuple[tuple[str, str, str], ...] = (
         "set one: git -C {repo} branch --set-upstream-to={remote}/{branch}",
     ),
     (
+        r"ambiguous argument '@\{upstream\}'",
+        "the upstream of {repo}'s branch no longer exists on the remote",
+        "point it at another: git -C {repo} branch --set-upstream-to={remote}/BRANCH",
+    ),
+    (
         r"does not have any commits yet",
         "{repo} has no commits yet",
         "make a first commit, or pass --repo another checkout",
@@ -133,6 +138,7 @@ class WorkTree:
     commit: str
     branch: str  # "" when HEAD is detached
     upstream: str  # "" when the branch has none
+    upstream_gone: bool  # configured, but deleted on the remote (ahead/behind then mean nothing)
     ahead: int
     behind: int
     changed: tuple[str, ...]  # staged or modified tracked files (submodule entries excluded)
@@ -168,6 +174,7 @@ def worktree(repo: Path) -> WorkTree:
         commit=header.get("branch.oid", ""),
         branch="" if head == "(detached)" else head,
         upstream=header.get("branch.upstream", ""),
+        upstream_gone="branch.upstream" in header and "branch.ab" not in header,
         ahead=int(ahead),
         behind=int(behind),
         changed=tuple(changed),
@@ -246,7 +253,7 @@ def submodules(repo: Path) -> list[Submodule]:
         checkout = repo / path
         tree = worktree(checkout) if (checkout / ".git").exists() else None
         against, ahead, behind = "", 0, 0
-        if tree is not None and tree.upstream:
+        if tree is not None and tree.upstream and not tree.upstream_gone:
             against, ahead, behind = tree.upstream, tree.ahead, tree.behind
         elif tree is not None:
             against, ahead, behind = _compare_with_remote(checkout, tracks)

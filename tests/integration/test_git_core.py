@@ -57,6 +57,20 @@ def test_sync_plan_counts_only_work_that_no_ref_keeps(git_world: GitWorld) -> No
     assert plan.upstream == "origin/main" and plan.target == git(clone, "rev-parse", "origin/main")
 
 
+def test_an_upstream_deleted_on_the_remote_is_reported_not_counted(git_world: GitWorld) -> None:
+    clone = git_world.clone
+    git(clone, "checkout", "-q", "-b", "feature")
+    git(clone, "push", "-q", "-u", "origin", "feature")
+    git(git_world.root / "scratch/app", "push", "-q", "origin", ":feature")
+    git(clone, "fetch", "-q", "--prune")
+
+    tree = core.worktree(clone)
+
+    assert tree.upstream == "origin/feature" and tree.upstream_gone
+    with pytest.raises(HomelabError, match="no longer exists on the remote"):
+        core.pull(clone)
+
+
 def test_pull_when_up_to_date_reports_no_new_commits(git_world: GitWorld) -> None:
     result = core.pull(git_world.clone)
 
