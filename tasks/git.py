@@ -35,13 +35,13 @@ def _short(commit: str) -> str:
 
 
 def _track(ahead: int, behind: int) -> str:
-    parts = [f"ahead {ahead}"] * bool(ahead) + [f"behind {behind}"] * bool(behind)
-    return ", ".join(parts) or "up to date"
+    counts = (("ahead", ahead), ("behind", behind))
+    return ", ".join(f"{label} {n}" for label, n in counts if n) or "up to date"
 
 
 def _dirty(changed: Sequence[str], untracked: Sequence[str]) -> str:
-    parts = [f"{len(changed)} changed"] * bool(changed) + [f"{len(untracked)} untracked"] * bool(untracked)
-    return ", ".join(parts) or "clean"
+    counts = ((len(changed), "changed"), (len(untracked), "untracked"))
+    return ", ".join(f"{n} {label}" for n, label in counts if n) or "clean"
 
 
 def _submodule_line(module: Submodule) -> str:
@@ -73,14 +73,18 @@ def _confirm(action: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         raise HomelabError(f"not confirmed: {action} (no terminal to ask)", "re-run with --yes to go ahead")
-    if input(f"{action}? [y/N] ").strip().lower() not in {"y", "yes"}:
+    try:
+        answer = input(f"{action}? [y/N] ")
+    except EOFError:  # Ctrl-D: no
+        answer = ""
+    if answer.strip().lower() not in {"y", "yes"}:
         raise HomelabError("cancelled; nothing was changed")
 
 
 def _say(text: str) -> None:
     from tasks.core.console import console
 
-    console().print(text, markup=False)
+    console().print(text, markup=False, soft_wrap=True)  # one line per item, whatever the width
 
 
 def _working(text: str) -> AbstractContextManager[Any]:
