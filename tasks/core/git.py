@@ -388,13 +388,15 @@ def sync(repo: Path, plan: SyncPlan) -> WorkTree:
 
 def submodule_branch(repo: Path, path: str, branch: str) -> Submodule:
     """Check `branch` out in the submodule (tracking the remote's), then record it in .gitmodules."""
+    if branch.startswith("-") or not _succeeds(repo, "check-ref-format", "--branch", branch):
+        raise HomelabError(f"{branch!r} is not a valid branch name", "pass an existing branch's name")
     module = find_submodule(repo, path)
     if module.tree is None:
         _update_submodules(repo, [module.path])
     checkout = repo / module.path
     _git(checkout, "fetch", "--quiet", DEFAULT_REMOTE)
     if _succeeds(checkout, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"):
-        _git(checkout, "checkout", "--quiet", branch)
+        _git(checkout, "checkout", "--quiet", branch, "--")
     else:
         _git(checkout, "checkout", "--quiet", "-b", branch, "--track", f"{DEFAULT_REMOTE}/{branch}")
     _git(repo, "submodule", "set-branch", "--branch", branch, "--", module.path)
@@ -500,5 +502,7 @@ class Commit:
 
 
 def log(repo: Path, count: int) -> list[Commit]:
+    if count < 1:
+        raise HomelabError(f"cannot show {count} commits", "pass -n 1 or more")
     out = _git(repo, "log", f"--max-count={count}", "--date=short", "--format=%h%x00%ad%x00%an%x00%D%x00%s")
     return [Commit(*line.split("\0")) for line in out.splitlines()]

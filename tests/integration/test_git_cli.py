@@ -287,6 +287,12 @@ def test_log_shows_the_latest_n_commits(git_world: GitWorld) -> None:
     assert "app: first commit" not in out
 
 
+def test_log_without_n_shows_the_configured_count(git_world: GitWorld) -> None:
+    out = ok("git.log", "--repo", str(git_world.clone))
+
+    assert "Last 10 commits" in out and "app: first commit" in out  # git.log_count in invoke.yaml
+
+
 def test_not_a_repository_is_a_one_line_error_with_the_fix(tmp_path: Path) -> None:
     error = refused("git.status", "--repo", str(tmp_path))
 

@@ -126,6 +126,12 @@ def test_submodule_branch_reuses_an_existing_local_branch(git_world: GitWorld) -
     assert module.tracks == "metal"
 
 
+@pytest.mark.parametrize("branch", ["--force", "two words", "bad..name"])
+def test_submodule_branch_rejects_names_that_are_not_branches(git_world: GitWorld, branch: str) -> None:
+    with pytest.raises(HomelabError, match="not a valid branch name"):
+        core.submodule_branch(git_world.clone, "engines/a", branch)
+
+
 def test_users_without_protocol_file_allow_get_the_fix_in_one_line(
     git_world: GitWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,6 +149,11 @@ def test_log_of_a_repository_without_commits_says_so(tmp_path: Path) -> None:
 
     with pytest.raises(HomelabError, match="has no commits yet"):
         core.log(tmp_path, 5)
+
+
+def test_log_needs_a_positive_count(git_world: GitWorld) -> None:
+    with pytest.raises(HomelabError, match="pass -n 1 or more"):
+        core.log(git_world.clone, 0)
 
 
 def test_open_repo_finds_the_top_of_the_checkout(git_world: GitWorld) -> None:
