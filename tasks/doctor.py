@@ -52,9 +52,8 @@ def check(
         cached = sum(r.cached for r in report.results)
         for note in report.notes:
             console().print(note)
-        console().print(
-            f"{len(report.results)} checks ({cached} from cache) in {report.seconds:.2f}s; log: {report.log_file}"
-        )
+        summary = f"{len(report.results)} checks ({cached} from cache) in {report.seconds:.2f}s"
+        console().print(f"{summary}; log: {report.log_file}")
     if not report.ok:
         failed = [r.name for r in report.results if r.status == "fail"]
         raise HomelabError(

@@ -10,6 +10,7 @@ and every run leaves a log file (the newest `keep_logs` are kept).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ class Fix:
     """A safe remedy: what it does, in words a user can check, and the action itself."""
 
     description: str
-    apply: Callable[[], None]
+    apply: Callable[[], object]
 
 
 @dataclass
@@ -471,27 +472,35 @@ def _downloads(settings: config.Settings) -> Outcome:
     return Outcome("ok", f"{len(info.repos)} repo(s), {describe_size(info.size_on_disk)}, all complete")
 
 
-def _server(settings: config.Settings) -> Outcome:
-    import httpx
+def _health(url: str, timeout_s: float) -> tuple[bool, str]:
+    """GET url/health with the standard library: this check runs on every `--fast` rerun."""
+    import urllib.error
+    import urllib.request
 
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            return response.status == 200, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"no answer ({reason})"
+
+
+def _server(settings: config.Settings) -> Outcome:
     from tasks.core.loadtest import server_url
 
     pidfile = settings.server.state_dir / "server.pid"
     url = server_url(settings.server.host, settings.server.port)
     pid = _holder(pidfile)
-    try:
-        response = httpx.get(f"{url}/health", timeout=2)
-        health = f"HTTP {response.status_code}"
-        healthy = response.status_code == 200
-    except httpx.HTTPError as exc:
-        health, healthy = type(exc).__name__, False
+    healthy, health = _health(url, timeout_s=2)
     if healthy:
         return Outcome("ok", f"healthy at {url}" + (f" (pid {pid})" if pid else ""))
     if pid is not None and not _alive(pid):
         remedy = Fix(f"remove the stale pidfile {pidfile}", lambda: pidfile.unlink(missing_ok=True))
         return Outcome("warn", f"stale pidfile: pid {pid} is gone ({url}/health: {health})", [remedy])
     if pid is not None:
-        return Outcome("fail", f"pid {pid} runs but {url}/health answers {health} — see `inv server.logs`")
+        return Outcome("fail", f"pid {pid} runs but {url}/health: {health} — see `inv server.logs`")
     if health.startswith("HTTP"):
         return Outcome("warn", f"something else answers at {url} ({health}) — is the port taken?")
     return Outcome("skip", f"not running at {url} — `inv server.start`")
@@ -523,7 +532,7 @@ def _directories(settings: config.Settings) -> Outcome:
     missing = [f for f in folders if not f.is_dir()]
     if not missing:
         return Outcome("ok", "exist: " + ", ".join(str(f) for f in folders))
-    fixes = [Fix(f"create {f}", lambda f=f: f.mkdir(parents=True, exist_ok=True)) for f in missing]
+    fixes = [Fix(f"create {f}", functools.partial(f.mkdir, parents=True, exist_ok=True)) for f in missing]
     return Outcome("warn", "missing: " + ", ".join(str(f) for f in missing), fixes)
 
 
