@@ -140,3 +140,15 @@ def report(title: str, results: list[StepResult]) -> None:
         raise HomelabError(
             f"{len(failed)} of {len(results)} failed: {', '.join(failed)}", "see the output above"
         )
+
+
+def write_bench_json(name: str, data: dict[str, object], root: Path = PROJECT_ROOT) -> Path:
+    """Save a benchmark's figures as .bench/NAME.json (whole or not at all), for `inv test.bench`."""
+    import json
+
+    target = root / ".bench" / f"{name}.json"
+    target.parent.mkdir(exist_ok=True)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(target)
+    return target
