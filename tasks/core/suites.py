@@ -125,16 +125,20 @@ def report(title: str, results: list[StepResult]) -> None:
     rows = [
         (
             r.name,
-            "ok" if r.ok else f"FAILED (exit {r.exit_code})",
+            "ok" if r.ok else "FAILED",
             r.passed,
             r.failed,
             r.skipped,
             f"{r.seconds:.1f}",
-            r.note,
+            r.note if r.ok else ": ".join(filter(None, [f"exit {r.exit_code}", r.note])),
         )
         for r in results
     ]
     print_table(title, ["step", "result", "passed", "failed", "skipped", "seconds", "note"], rows)
+    counted = [r for r in results if r.passed is not None]
+    if len(counted) > 1:
+        totals = (sum(getattr(r, k) or 0 for r in counted) for k in ("passed", "failed", "skipped"))
+        print("tests: {} passed, {} failed, {} skipped".format(*totals))
     failed = [r.name for r in results if not r.ok]
     if failed:
         raise HomelabError(
