@@ -11,6 +11,7 @@ STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "di
 
 @task(
     default=True,
+    auto_shortflags=False,
     help={
         "fast": "reuse cached results that are within their TTL and whose inputs did not change",
         "fix": "remediate what is safe (create directories, install missing extras) and say what was done",

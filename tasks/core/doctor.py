@@ -228,13 +228,18 @@ def write_log(folder: Path, lines: list[str], keep: int) -> Path:
 # --- running ------------------------------------------------------------------------------------
 
 
-def _fresh(cached: dict[str, Any] | None, fingerprint: str, ttl_s: float, now: float) -> bool:
-    return (
-        cached is not None
-        and cached.get("status") in REUSABLE
-        and cached.get("fingerprint") == fingerprint
-        and now - float(cached.get("checked_at", 0)) < ttl_s
-    )
+CACHED_FIELDS = {f for f in Result.__dataclass_fields__ if f not in ("cached", "actions")}
+
+
+def _reusable(cached: dict[str, Any] | None, fingerprint: str, ttl_s: float) -> Result | None:
+    """The cached result, if it passed, its inputs are unchanged and it is younger than its TTL."""
+    if not isinstance(cached, dict) or set(cached) != CACHED_FIELDS:
+        return None
+    if cached["status"] not in REUSABLE or cached["fingerprint"] != fingerprint:
+        return None
+    if not time.time() - float(cached["checked_at"]) < ttl_s:
+        return None
+    return Result(**cached, cached=True)
 
 
 def run_checks(
@@ -260,12 +265,12 @@ def run_checks(
         results = []
         for check in checks:
             fingerprint = inputs.fingerprint(check)
-            cached = state.get(check.name)
-            if fast and cached is not None and _fresh(cached, fingerprint, ttl_s[check.phase], time.time()):
-                results.append(Result(**{**cached, "cached": True, "actions": []}))
+            reused = _reusable(state.get(check.name), fingerprint, ttl_s[check.phase]) if fast else None
+            if reused is not None:
+                results.append(reused)
                 continue
             result = _run_one(check, fingerprint, fix=fix, dry_run=dry_run)
-            state[check.name] = {k: v for k, v in asdict(result).items() if k not in ("cached", "actions")}
+            state[check.name] = {k: v for k, v in asdict(result).items() if k in CACHED_FIELDS}
             results.append(result)
         save_state(state_file, state)
         seconds = time.perf_counter() - started

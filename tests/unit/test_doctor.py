@@ -109,9 +109,15 @@ def test_a_check_that_raises_is_a_failed_check(tmp_path: Path, root: Path) -> No
     assert report.results[0].detail == "catalog.yaml: entry 'x': repo: missing field — fix that entry"
 
 
-def test_corrupt_state_file_is_an_empty_cache(tmp_path: Path) -> None:
-    (tmp_path / "state.json").write_text("{not json")
-    assert doctor.load_state(tmp_path / "state.json") == {}
+@pytest.mark.parametrize("state", ["{not json", '{"version": 1, "checks": {"counting": {"status": "ok"}}}'])
+def test_unreadable_cache_entries_are_rerun(tmp_path: Path, root: Path, state: str) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text(state)
+    counting = CountingCheck(tmp_path / "tally")
+    report = _run(
+        [doctor.Check("counting", "environment", (), counting)], root, tmp_path / "state", fast=True
+    )
+    assert counting.runs == 1 and report.ok
 
 
 def _hold_lock(lock: Path, seconds: float) -> subprocess.Popen[str]:
