@@ -139,10 +139,12 @@ def report(title: str, results: list[StepResult]) -> None:
     if len(counted) > 1:
         totals = (sum(getattr(r, k) or 0 for r in counted) for k in ("passed", "failed", "skipped"))
         print("tests: {} passed, {} failed, {} skipped".format(*totals))
-    failed = [r.name for r in results if not r.ok]
+    failed = [r for r in results if not r.ok]
     if failed:
+        names = ", ".join(r.name for r in failed)
+        exit_code = failed[0].exit_code if len(failed) == 1 else 1  # a lone failure keeps its tool's code
         raise HomelabError(
-            f"{len(failed)} of {len(results)} failed: {', '.join(failed)}", "see the output above"
+            f"{len(failed)} of {len(results)} failed: {names}", "see the output above", exit_code
         )
 
 
