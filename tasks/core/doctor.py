@@ -231,11 +231,13 @@ def write_log(folder: Path, lines: list[str], keep: int) -> Path:
 CACHED_FIELDS = {f for f in Result.__dataclass_fields__ if f not in ("cached", "actions")}
 
 
-def _reusable(cached: dict[str, Any] | None, fingerprint: str, ttl_s: float) -> Result | None:
-    """The cached result, if it passed, its inputs are unchanged and it is younger than its TTL."""
+def _reusable(
+    cached: dict[str, Any] | None, fingerprint: str, ttl_s: float, statuses: set[str]
+) -> Result | None:
+    """The cached result, if its status may be reused, its inputs are unchanged and it is within its TTL."""
     if not isinstance(cached, dict) or set(cached) != CACHED_FIELDS:
         return None
-    if cached["status"] not in REUSABLE or cached["fingerprint"] != fingerprint:
+    if cached["status"] not in statuses or cached["fingerprint"] != fingerprint:
         return None
     if not time.time() - float(cached["checked_at"]) < ttl_s:
         return None
@@ -258,6 +260,8 @@ def run_checks(
     missing = sorted({c.phase for c in checks} - set(ttl_s))
     if missing:
         raise ConfigError(f"invoke.yaml: doctor.ttl_s has no entry for {', '.join(missing)}", "add it")
+    # a warning may have a remedy, and fixes are not cached: --fix and --dry-run recheck warnings
+    statuses = REUSABLE - {"warn"} if fix or dry_run else REUSABLE
     started = time.perf_counter()
     with run_lock(state_dir / "doctor.lock", lock_timeout_s) as notes:
         state_file = state_dir / "state.json"
@@ -265,7 +269,9 @@ def run_checks(
         results = []
         for check in checks:
             fingerprint = inputs.fingerprint(check)
-            reused = _reusable(state.get(check.name), fingerprint, ttl_s[check.phase]) if fast else None
+            reused = (
+                _reusable(state.get(check.name), fingerprint, ttl_s[check.phase], statuses) if fast else None
+            )
             if reused is not None:
                 results.append(reused)
                 continue
