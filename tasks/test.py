@@ -42,8 +42,8 @@ def smoke(c: Context, url: str = "", model: str = "") -> None:
     from tasks.core.errors import HomelabError
 
     settings = config.load(c.config)
-    target = loadtest.target(settings, url)
-    results = loadtest.smoke(target, model or settings.server.model)
+    target = loadtest.target(settings, url, model)
+    results = loadtest.smoke(target)
     rows = [(r.name, "ok" if r.passed else "FAILED", f"{r.seconds:.2f}", r.detail) for r in results]
     print_table(f"Smoke test of {target.url}", ["check", "result", "seconds", "detail"], rows)
     failed = [r.name for r in results if not r.passed]
@@ -84,7 +84,7 @@ def stress(
     requests = requests or settings.test.stress_requests
     concurrency = concurrency or settings.test.stress_concurrency
     loadtest.check_load_bounds(target, requests, concurrency, settings.test.stress_max_requests, allow_remote)
-    report = loadtest.load(target, settings.server.model, requests, concurrency)
+    report = loadtest.load(target, requests, concurrency)
     print_table(f"Stress test of {target.url}", loadtest.LOAD_COLUMNS, [report.row()])
     report.raise_on_losses()
 
@@ -111,7 +111,6 @@ def memory(c: Context, url: str = "", pid: int = 0, budget_mb: int = 0, requests
     budget_mb = budget_mb or settings.test.memory_budget_mb
     result = loadtest.memory(
         target,
-        settings.server.model,
         pid or loadtest.listening_pid(target.url),
         budget_mb,
         requests,

@@ -26,12 +26,17 @@ PROMPT = "Say hello in one word."
 
 @dataclass(frozen=True)
 class Target:
-    """A server to talk to: base URL, API key (sent both ways APIs expect it), timeouts."""
+    """A server to talk to: base URL, API key (sent both ways APIs expect it), model, request limits.
+
+    An empty `model` means the first one the server lists (else `fallback_model`).
+    """
 
     url: str
     api_key: str
     timeout_s: float
     max_tokens: int
+    model: str = ""
+    fallback_model: str = ""
 
     def client(self) -> Any:
         import httpx
@@ -72,13 +77,15 @@ def is_loopback(url: str) -> bool:
             return False
 
 
-def served_model(client: Any, fallback: str) -> str:
-    """The first model the server lists; the configured name when it lists none."""
+def pick_model(client: Any, target: Target) -> str:
+    """The model asked for; else the first the server lists; else the fallback (smoke reports why)."""
+    if target.model:
+        return target.model
     try:
         models = client.get("/v1/models").json().get("data") or []
     except Exception:
-        return fallback
-    return str(models[0]["id"]) if models else fallback
+        return target.fallback_model
+    return str(models[0]["id"]) if models else target.fallback_model
 
 
 def _chat_body(model: str, max_tokens: int, stream: bool = False) -> dict[str, Any]:
@@ -159,13 +166,13 @@ SMOKE_CHECKS: list[tuple[str, Callable[[Any, Target, str], str]]] = [
 ]
 
 
-def smoke(target: Target, model: str) -> list[CheckResult]:
+def smoke(target: Target) -> list[CheckResult]:
     """Each smoke request once, in order; every one is reported, none stops the others."""
     import httpx
 
     results = []
     with target.client() as client:
-        model = served_model(client, model)
+        model = pick_model(client, target)
         for name, check in SMOKE_CHECKS:
             started = time.perf_counter()
             try:
@@ -238,15 +245,14 @@ def check_load_bounds(
         )
 
 
-def load(target: Target, model: str, requests: int, concurrency: int) -> LoadReport:
+def load(target: Target, requests: int, concurrency: int) -> LoadReport:
     """Send `requests` chat completions, `concurrency` at a time, and classify every outcome."""
     import httpx
 
     report = LoadReport(requests, concurrency)
     lock = threading.Lock()
     with target.client() as client:
-        model = served_model(client, model)
-        body = _chat_body(model, target.max_tokens)
+        body = _chat_body(pick_model(client, target), target.max_tokens)
 
         def one(_: int) -> None:
             started = time.perf_counter()
@@ -301,9 +307,7 @@ class MemoryReport:
         return self.peak_mb <= self.budget_mb
 
 
-def memory(
-    target: Target, model: str, pid: int, budget_mb: int, requests: int, concurrency: int
-) -> MemoryReport:
+def memory(target: Target, pid: int, budget_mb: int, requests: int, concurrency: int) -> MemoryReport:
     """Peak RSS of the server process (and its children) while it serves a bounded load."""
     import psutil
 
@@ -332,7 +336,7 @@ def memory(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        report = load(target, model, requests, concurrency)
+        report = load(target, requests, concurrency)
     finally:
         stop.set()
         sampler.join()
@@ -340,11 +344,13 @@ def memory(
     return MemoryReport(pid, idle, max(samples), budget_mb, report)
 
 
-def target(settings: Settings, url: str = "") -> Target:
+def target(settings: Settings, url: str = "", model: str = "") -> Target:
     """The server to test: the URL given, else the configured server on this machine."""
     return Target(
         url=url or server_url(settings.server.host, settings.server.port),
         api_key=settings.server.api_key,
         timeout_s=settings.test.request_timeout_s,
         max_tokens=settings.test.max_tokens,
+        model=model,
+        fallback_model=settings.server.model,
     )

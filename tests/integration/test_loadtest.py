@@ -25,7 +25,7 @@ def _inv(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_smoke_passes_openai_checks_and_fails_missing_endpoints(peer_server: PeerServer) -> None:
-    results = {r.name: r for r in loadtest.smoke(_target(peer_server.url), "smollm2")}
+    results = {r.name: r for r in loadtest.smoke(_target(peer_server.url))}
     assert list(results) == [name for name, _ in loadtest.SMOKE_CHECKS]
     failed = {name for name, r in results.items() if not r.passed}
     assert failed == {"GET /health", "POST /v1/messages"}, results
@@ -41,7 +41,7 @@ def test_smoke_task_prints_every_check_and_exits_nonzero_on_a_failure(peer_serve
 
 
 def test_smoke_reports_lost_connection_per_check() -> None:
-    results = loadtest.smoke(_target(f"http://127.0.0.1:{free_port()}"), "smollm2")
+    results = loadtest.smoke(_target(f"http://127.0.0.1:{free_port()}"))
     assert not any(r.passed for r in results)
     assert all("ConnectError" in r.detail for r in results)
 
@@ -54,7 +54,7 @@ def test_stress_task_reports_no_losses_and_latency_percentiles(peer_server: Peer
 
 
 def test_stress_counts_every_request_when_the_server_is_gone() -> None:
-    report = loadtest.load(_target(f"http://127.0.0.1:{free_port()}"), "smollm2", requests=5, concurrency=2)
+    report = loadtest.load(_target(f"http://127.0.0.1:{free_port()}"), requests=5, concurrency=2)
     assert (report.ok, report.lost, report.failed) == (0, 5, 0)
     with pytest.raises(HomelabError, match="5 lost and 0 failed of 5: ConnectError x5"):
         report.raise_on_losses()
@@ -63,10 +63,8 @@ def test_stress_counts_every_request_when_the_server_is_gone() -> None:
 def test_memory_finds_the_listening_server_and_judges_the_budget(peer_server: PeerServer) -> None:
     target = _target(peer_server.url)
     assert loadtest.listening_pid(peer_server.url) == peer_server.pid
-    generous = loadtest.memory(
-        target, "smollm2", peer_server.pid, budget_mb=100_000, requests=2, concurrency=1
-    )
+    generous = loadtest.memory(target, peer_server.pid, budget_mb=100_000, requests=2, concurrency=1)
     assert generous.within_budget and generous.load.ok == 2
     assert generous.peak_mb >= generous.idle_mb > 50  # the 98 MB model is mapped in
-    tight = loadtest.memory(target, "smollm2", peer_server.pid, budget_mb=1, requests=1, concurrency=1)
+    tight = loadtest.memory(target, peer_server.pid, budget_mb=1, requests=1, concurrency=1)
     assert not tight.within_budget
