@@ -20,7 +20,7 @@ def format_(c: Context, check: bool = False) -> None:
     """Format the project with ruff (--check: report only)."""
     from tasks.core import suites
 
-    suites.report("lint.format", [suites.lint("format") if check else suites.fix_format()])
+    suites.report("lint.format", [suites.lint("format") if check else suites.format_code()])
 
 
 @task

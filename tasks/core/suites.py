@@ -58,7 +58,7 @@ def lint(step: str, root: Path = PROJECT_ROOT) -> StepResult:
     return _run(f"lint.{step}", LINT_STEPS[step], root)
 
 
-def fix_format(root: Path = PROJECT_ROOT) -> StepResult:
+def format_code(root: Path = PROJECT_ROOT) -> StepResult:
     return _run("lint.format", FORMAT, root)
 
 
