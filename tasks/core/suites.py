@@ -134,7 +134,7 @@ def report(title: str, results: list[StepResult]) -> None:
         )
         for r in results
     ]
-    print_table(title, ["step", "result", "passed", "failed", "skipped", "seconds", "note"], rows)
+    print_table(title, ["step", "result", "pass", "fail", "skip", "secs", "note"], rows)
     counted = [r for r in results if r.passed is not None]
     if len(counted) > 1:
         totals = (sum(getattr(r, k) or 0 for r in counted) for k in ("passed", "failed", "skipped"))
