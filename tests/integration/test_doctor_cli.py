@@ -1,0 +1,54 @@
+"""`inv doctor` end to end: every phase in order, a --fast rerun from cache, --hosts over real ssh."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.fixtures.peer_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+SERVER_PORT = free_port()  # one port for every run: a changed setting would invalidate the cache
+
+
+def doctor(tmp_path: Path, *flags: str) -> tuple[int, dict[str, Any]]:
+    env = {
+        **os.environ,
+        "INVOKE_DOCTOR_STATE_DIR": str(tmp_path / "doctor"),
+        "INVOKE_SERVER_STATE_DIR": str(tmp_path / "server"),
+        "INVOKE_SERVER_PORT": str(SERVER_PORT),
+    }
+    command = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *flags]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_rerun_with_fast_serves_everything_but_the_server_from_cache(tmp_path: Path) -> None:
+    _, full = doctor(tmp_path, "doctor", "--json")
+    phases = [c["phase"] for c in full["checks"]]
+    assert phases == sorted(phases, key=["environment", "configuration", "models", "server", "disk"].index)
+    assert {c["name"]: c["status"] for c in full["checks"]}["server"] == "skip"
+    assert not any(c["cached"] for c in full["checks"])
+
+    _, fast = doctor(tmp_path, "doctor", "--fast", "--json")
+    reran = [c["name"] for c in fast["checks"] if not c["cached"]]
+    assert reran == ["server"] + [c["name"] for c in full["checks"] if c["status"] == "fail"]
+    assert len(list((tmp_path / "doctor" / "logs").glob("doctor-*.log"))) == 2
+    assert not (tmp_path / "doctor" / "doctor.lock").exists()
+
+
+def test_unreachable_inventory_host_fails_only_with_hosts(tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(f"hosts:\n  ghost:\n    host: 127.0.0.1\n    port: {free_port()}\n")
+    _, without = doctor(tmp_path, "-f", str(inventory), "doctor", "--json")
+    assert not any(c["phase"] == "hosts" for c in without["checks"])
+    code, with_hosts = doctor(tmp_path, "-f", str(inventory), "doctor", "--fast", "--json", "--hosts")
+    ghost = next(c for c in with_hosts["checks"] if c["name"] == "ssh ghost")
+    assert code == 1 and ghost["status"] == "fail" and not with_hosts["ok"]
+    assert "127.0.0.1" in ghost["detail"]

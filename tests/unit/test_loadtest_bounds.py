@@ -1,0 +1,34 @@
+"""test.stress refuses unbounded or off-machine loads before sending anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.core import loadtest
+from tasks.core.errors import HomelabError
+
+
+def _target(url: str) -> loadtest.Target:
+    return loadtest.Target(url=url, api_key="", timeout_s=1, max_tokens=1)
+
+
+def test_load_above_the_configured_cap_is_refused() -> None:
+    with pytest.raises(HomelabError, match=r"above test\.stress_max_requests"):
+        loadtest.check_load_bounds(_target("http://127.0.0.1:1"), 11, 1, limit=10, allow_remote=False)
+
+
+def test_remote_url_needs_allow_remote() -> None:
+    remote = _target("http://192.0.2.10:8080")
+    with pytest.raises(HomelabError, match="--allow-remote"):
+        loadtest.check_load_bounds(remote, 1, 1, limit=10, allow_remote=False)
+    loadtest.check_load_bounds(remote, 1, 1, limit=10, allow_remote=True)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://[::1]:8080", "http://localhost:8080"])
+def test_loopback_urls_are_allowed(url: str) -> None:
+    loadtest.check_load_bounds(_target(url), 1, 1, limit=10, allow_remote=False)
+
+
+def test_wildcard_bind_is_reached_over_loopback() -> None:
+    assert loadtest.server_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert loadtest.server_url("::1", 8080) == "http://[::1]:8080"
