@@ -159,7 +159,10 @@ def info(c: Context, name: str, remote: bool = False) -> None:
         _say(f"  {f.name}: {f.state} {f.source} {describe_size(f.size) if f.path else ''}{where}")
     if remote:
         found = hub.remote_info(entry, models)
-        _say(f"[bold]hub[/]: {models.hub_endpoint}/{entry.repo} @ {found.commit}" + (" (gated)" if found.gated else ""))
+        _say(
+            f"[bold]hub[/]: {models.hub_endpoint}/{entry.repo} @ {found.commit}"
+            + (" (gated)" if found.gated else "")
+        )
         remote_rows = [
             (n, f"{found.files[n].size:,} B", found.files[n].sha256 or "(not LFS)")
             if n in found.files

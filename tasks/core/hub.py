@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
 import hashlib
 import os
 import re
@@ -368,7 +369,8 @@ def _stream_into_blob(remote: RemoteFile, blob: Path, models: ModelsSettings, pr
     if got != remote.size or (digest is not None and digest.hexdigest() != remote.etag):
         partial.unlink()
         raise HomelabError(
-            f"{remote.filename}: the downloaded bytes do not match the hub's size/sha256 ({got} of {remote.size} B)",
+            f"{remote.filename}: the downloaded bytes do not match the hub's size or sha256"
+            f" ({got} of {remote.size} B)",
             "run the download again (the damaged partial file was removed)",
         )
     os.replace(partial, blob)
@@ -401,7 +403,7 @@ def verify(entry: CatalogEntry, models: ModelsSettings) -> list[Check]:
         for f in local:
             assert f.path is not None
             bar = progress.add_task(f"sha256 {f.name}", total=f.size)
-            actual = store.sha256_of(f.path, lambda n, bar=bar: progress.advance(bar, n))
+            actual = store.sha256_of(f.path, functools.partial(progress.advance, bar))
             if f.source == "bundled" and entry.bundled is not None:
                 checks.append(Check(f.name, f.path, actual, entry.bundled.sha256, "bundled"))
             elif f.name in remote:
@@ -433,7 +435,5 @@ def _remote_hashes_if_reachable(
             if isinstance(exc.__context__, httpx2.TransportError | OfflineModeIsEnabled):
                 return {}
             raise
-        hashes.update(
-            {n: e.sha256 for n, e in info.files.items() if e.sha256 and commits.get(n) == commit}
-        )
+        hashes.update({n: e.sha256 for n, e in info.files.items() if e.sha256 and commits.get(n) == commit})
     return hashes

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tasks.core.catalog import CatalogEntry
 from tasks.core.config import ModelsSettings
-from tasks.core.errors import HomelabError
 
 if TYPE_CHECKING:
     from huggingface_hub import HFCacheInfo
@@ -249,7 +248,6 @@ def _merge(rows: Iterable[Usage]) -> list[Usage]:
     for row in rows:
         merged[(row.label, row.where)] = merged.get((row.label, row.where), 0) + row.size
     return [Usage(label, size, where) for (label, where), size in merged.items()]
-
 
 
 def install_state(entry: CatalogEntry, models: ModelsSettings) -> str:
