@@ -68,7 +68,9 @@ def list_(c: Context) -> None:
             if f.state == "missing" or f.path is None:
                 continue
             state = "complete" if f.state == "complete" else f"partial {f.percent:.0f}%"
-            where = "package" if f.source == "bundled" else f"cache @ {f.path.parent.name[:7]}"
+            where = {"bundled": "package", "downloaded": "cache"}[f.source]
+            if f.source == "downloaded" and f.state == "complete":
+                where += f" @ {f.path.parent.name[:7]}"  # the snapshot's commit
             rows.append((entry.name, f.name, describe_size(f.size), state, f.source, where))
     if not rows:
         _say("Nothing installed. `inv models.catalog` lists what can be downloaded.")

@@ -282,8 +282,13 @@ def download(plan: DownloadPlan, models: ModelsSettings) -> list[Path]:
             f" and {describe_size(plan.margin)} must stay free, but only {describe_size(plan.free)} is free",
             "free some space, set models.cache_dir to a bigger disk, or lower models.free_space_margin_mb",
         )
-    with progress_bar() as progress:
-        return [_fetch(f, models, progress) for f in plan.files]
+    try:
+        with progress_bar() as progress:
+            return [_fetch(f, models, progress) for f in plan.files]
+    except KeyboardInterrupt:
+        raise HomelabError(
+            "download interrupted", "run the same command again: it resumes where it stopped", exit_code=130
+        ) from None
 
 
 def progress_bar() -> Any:
@@ -432,6 +437,7 @@ def _remote_hashes_if_reachable(
         try:
             info = remote_info(entry, models, revision=commit)
         except HomelabError as exc:
+            # hub_errors keeps the library's exception as __context__: offline is not a failure here
             if isinstance(exc.__context__, httpx2.TransportError | OfflineModeIsEnabled):
                 return {}
             raise

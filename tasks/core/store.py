@@ -110,6 +110,10 @@ def _cached_file(storage: Path, filename: str, revision: str) -> Path | None:
 
 
 def record_partial(storage: Path, filename: str, etag: str, size: int) -> None:
+    """Note which file `blobs/<etag>.incomplete` is; drop an older partial of a changed file."""
+    previous = read_partial(storage, filename)
+    if previous is not None and previous[2] != incomplete_path(storage / "blobs" / etag):
+        previous[2].unlink(missing_ok=True)
     _write_atomically(partial_marker(storage, filename), f"{etag} {size}\n")
 
 

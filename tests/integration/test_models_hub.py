@@ -129,6 +129,17 @@ def test_download_resumes_after_kill(models_cli: ModelsCli, hub: HubServer) -> N
     assert not list(blobs.glob("*.incomplete"))
 
 
+def test_dropped_connection_says_so_and_the_rerun_resumes(models_cli: ModelsCli, hub: HubServer) -> None:
+    hub.drop_after = MB
+    line = _one_line_error(models_cli("models.download", "tiny"))
+    assert "connection to" in line and "resumes" in line
+    assert "partial 3" in _row(models_cli("models.catalog").stdout, "tiny")[3]  # 1 of 3 MB kept
+    hub.drop_after = 0
+    hub.reset_counts()
+    assert models_cli("models.download", "tiny").returncode == 0
+    assert hub.ranges == ["bytes=1048576-"] and hub.served[f"{TINY}/tiny-Q4_K_M.gguf"] == 3 * MB - 1048576
+
+
 def test_bundled_bytes_download_from_hub_match_the_catalog_pin(models_cli: ModelsCli, hub: HubServer) -> None:
     """The bundled smollm2 bytes (98 MB) served by the hub: downloaded, then verified offline by the pin."""
     assert models_cli("models.download", "smol-hub").returncode == 0
