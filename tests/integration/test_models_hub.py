@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core import config
-from tests.fixtures.hub import GRANTED_TOKEN, MB, HubServer, ModelsCli
+from tests.fixtures.hub import GRANTED_TOKEN, MB, HubServer, ModelsCli, Olah
 
 TINY = "test-org/tiny-GGUF"
 
@@ -214,3 +214,26 @@ def test_bad_catalog_is_one_line_naming_the_entry(models_cli: ModelsCli, tmp_pat
     models_cli.settings["models"]["catalog"] = str(bad)
     line = _one_line_error(models_cli("models.catalog"))
     assert line.startswith("error: bad-catalog.yaml: entry 'broken':")
+
+
+def test_olah_mirror_serves_downloads_and_its_ignored_range_restarts_cleanly(
+    models_cli: ModelsCli, olah: Olah
+) -> None:
+    """A real LAN mirror as models.hub_endpoint; olah answers Range with 200, so a partial file restarts."""
+    from huggingface_hub import scan_cache_dir
+
+    models_cli.settings["models"]["hub_endpoint"] = olah.url
+    models_cli.env["HF_ENDPOINT"] = olah.url
+    assert models_cli("models.download", "tiny").returncode == 0
+    checked = models_cli("models.verify", "tiny")
+    assert checked.returncode == 0 and "hub" in checked.stdout, checked.stderr
+
+    (repo,) = scan_cache_dir(models_cli.cache_dir).repos
+    (cached,) = [f for rev in repo.revisions for f in rev.files]
+    assert models_cli("models.rm", "tiny", "--yes").returncode == 0
+    incomplete = cached.blob_path.with_name(cached.blob_path.name + ".incomplete")
+    incomplete.parent.mkdir(parents=True)
+    incomplete.write_bytes(olah.files["tiny-Q4_K_M.gguf"].data.read_bytes()[: MB // 2])
+    assert "resume at 500.0 kB" in models_cli("models.download", "tiny", "--dry-run").stdout
+    assert models_cli("models.download", "tiny").returncode == 0  # appending after a 200 would corrupt it
+    assert models_cli("models.verify", "tiny").returncode == 0
