@@ -205,7 +205,7 @@ def verify(c: Context, name: str) -> None:
     help={"name": "catalog name", "yes": "do not ask for confirmation"},
 )
 def delete(c: Context, name: str, yes: bool = False) -> None:
-    """Delete a model's downloaded files (every revision) and says how much space that frees."""
+    """Delete a model's downloaded files (every revision); says how much space that frees."""
     from tasks.core.catalog import describe_size
     from tasks.core.errors import HomelabError
     from tasks.core.store import plan_deletion

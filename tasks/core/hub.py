@@ -177,7 +177,6 @@ class RemoteEntry:
     name: str
     size: int
     sha256: str | None  # LFS files only
-    blob_id: str  # git object id
 
 
 @dataclass(frozen=True)
@@ -204,7 +203,7 @@ def remote_info(entry: CatalogEntry, models: ModelsSettings, revision: str = "")
         commit = info.sha or revision
         paths = api.get_paths_info(entry.repo, names, revision=commit)
     files = {
-        p.path: RemoteEntry(p.path, p.size, p.lfs.sha256 if p.lfs else None, p.blob_id)
+        p.path: RemoteEntry(p.path, p.size, p.lfs.sha256 if p.lfs else None)
         for p in paths
         if isinstance(p, RepoFile)
     }

@@ -204,6 +204,8 @@ def test_bundled_smollm2_works_offline(models_cli: ModelsCli) -> None:
     verified = models_cli("models.verify", "smollm2")
     assert verified.returncode == 0 and "bundled" in verified.stdout and "ok" in verified.stdout
     assert "bundled" in models_cli("models.ls").stdout
+    shown = models_cli("models.info", "smollm2")
+    assert shown.returncode == 0 and "SmolLM2-135M-Instruct.Q4_1.gguf: complete bundled" in shown.stdout
     usage = models_cli("models.disk-usage")
     assert usage.returncode == 0 and "smollm2" in usage.stdout and "free at" in usage.stdout
 
