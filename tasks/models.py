@@ -144,7 +144,6 @@ def info(c: Context, name: str, remote: bool = False) -> None:
     """Show a catalog entry, its local files and paths; --remote adds the hub's metadata."""
     from tasks.core import hub
     from tasks.core.catalog import describe_size
-    from tasks.core.console import print_table
     from tasks.core.store import local_files
 
     models, entry = _entry(c, name)
@@ -160,18 +159,30 @@ def info(c: Context, name: str, remote: bool = False) -> None:
         where = f" → {f.path}" if f.path else ""
         _say(f"  {f.name}: {f.state} {f.source} {describe_size(f.size) if f.path else ''}{where}")
     if remote:
-        found = hub.remote_info(entry, models)
-        _say(
-            f"[bold]hub[/]: {models.hub_endpoint}/{entry.repo} @ {found.commit}"
-            + (" (gated)" if found.gated else "")
-        )
-        remote_rows = [
-            (n, f"{found.files[n].size:,} B", found.files[n].sha256 or "(not LFS)")
-            if n in found.files
-            else (n, "NOT FOUND", "")
-            for n in dict.fromkeys([*entry.files, *found.files])
-        ]
-        print_table("On the hub", ["file", "size", "sha256"], remote_rows)
+        _show_remote(entry, hub.remote_info(entry, models), models.hub_endpoint)
+
+
+def _show_remote(entry: CatalogEntry, found: Any, endpoint: str) -> None:
+    """The hub's view of an entry, and the lines to pin it in catalog.yaml."""
+    from tasks.core.catalog import describe_size
+    from tasks.core.store import default_files
+
+    gated = " (gated)" if found.gated else ""
+    _say(f"[bold]On the hub[/]: {endpoint}/{entry.repo} @ {found.commit}{gated}")
+    for name in dict.fromkeys([*entry.files, *found.files]):
+        f = found.files.get(name)
+        if f is None:
+            _say(f"  {name}: [red]NOT FOUND[/] at this revision")
+        else:
+            digest = f.sha256 or "- (not an LFS file)"
+            _say(f"  {name}: {f.size:,} B ({describe_size(f.size)}), sha256 {digest}")
+    pins = {n: f.sha256 for n, f in found.files.items() if f.sha256 and n in entry.files}
+    hub_size = sum(found.files[n].size for n in default_files(entry) if n in found.files)
+    _say(f"size_bytes: catalog {entry.size_bytes:,} · hub {hub_size:,} (what `download` fetches)")
+    _say("To pin it, in catalog.yaml under this entry:")
+    _say(f"    revision: {found.commit}")
+    if pins:
+        _say("    sha256:\n" + "\n".join(f"      {n}: {digest}" for n, digest in pins.items()))
 
 
 @task(help={"name": "catalog name"})
