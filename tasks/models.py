@@ -110,7 +110,8 @@ def download(
     paths = hub.download(plan, models)
     for path in paths:
         _say(f"ready: {path}")
-    _say(f"{name}: {describe_size(plan.to_fetch)} fetched")
+    fetched = describe_size(plan.to_fetch) if plan.to_fetch else "nothing (already in the cache)"
+    _say(f"{name}: fetched {fetched}")
 
 
 def _show_plan(plan: Any) -> None:

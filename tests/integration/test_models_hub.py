@@ -129,6 +129,22 @@ def test_download_resumes_after_kill(models_cli: ModelsCli, hub: HubServer) -> N
     assert not list(blobs.glob("*.incomplete"))
 
 
+def test_ctrl_c_stops_the_download_and_says_how_to_resume(models_cli: ModelsCli, hub: HubServer) -> None:
+    hub.bytes_per_second = 2 * MB
+    process = models_cli.start("models.download", "slow")
+    blobs = models_cli.cache_dir / "models--test-org--slow-GGUF" / "blobs"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (blobs.is_dir() and any(blobs.glob("*.incomplete"))):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert (
+        stderr.strip()
+        == "error: download interrupted — run the same command again: it resumes where it stopped"
+    )
+
+
 def test_dropped_connection_says_so_and_the_rerun_resumes(models_cli: ModelsCli, hub: HubServer) -> None:
     hub.drop_after = MB
     line = _one_line_error(models_cli("models.download", "tiny"))
