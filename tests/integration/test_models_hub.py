@@ -96,6 +96,8 @@ def test_safetensors_entry_fetches_every_file_and_verifies_lfs_ones(models_cli: 
 
 def test_download_resumes_after_kill(models_cli: ModelsCli, hub: HubServer) -> None:
     """kill -9 a real download halfway; the rerun fetches only the remainder (bytes counted)."""
+    from huggingface_hub import scan_cache_dir
+
     key = "test-org/slow-GGUF/slow.gguf"
     size = hub.repos["test-org/slow-GGUF"].files["slow.gguf"].size
     hub.bytes_per_second = 2 * MB
@@ -113,6 +115,8 @@ def test_download_resumes_after_kill(models_cli: ModelsCli, hub: HubServer) -> N
     assert partial, "the download never started"
     kept = partial[0].stat().st_size
     assert 0 < kept < size
+    scanned = scan_cache_dir(models_cli.cache_dir)  # huggingface_hub reads the partial as its own kind
+    assert not scanned.warnings and {f.file_path for f in scanned.incomplete_files} == {partial[0]}
 
     listed = models_cli("models.ls")
     assert "partial" in listed.stdout
