@@ -186,6 +186,30 @@ def _show_remote(entry: CatalogEntry, found: Any, endpoint: str) -> None:
         _say("    sha256:\n" + "\n".join(f"      {n}: {digest}" for n, digest in pins.items()))
 
 
+@task
+def check(c: Context) -> None:
+    """Confirm every catalog entry against the hub: repo, files, sizes, pinned sha256."""
+    from tasks.core import hub
+    from tasks.core.catalog import describe_size
+    from tasks.core.console import print_table
+    from tasks.core.errors import HomelabError
+
+    models, entries = _catalog(c)
+    checks = hub.check_catalog(list(entries.values()), models)
+    rows = [
+        (ch.name, ch.commit[:7], describe_size(ch.hub_size) if ch.commit else "", ch.problem or "ok")
+        for ch in checks
+    ]
+    print_table(f"Catalog against {models.hub_endpoint}", ["name", "commit", "hub size", "result"], rows)
+    failed = [ch.name for ch in checks if ch.problem]
+    if failed:
+        raise HomelabError(
+            f"{len(failed)} catalog entr{'y' if len(failed) == 1 else 'ies'} disagree with the hub: "
+            + ", ".join(failed),
+            "fix them in catalog.yaml (`inv models.info NAME --remote` shows the hub's values)",
+        )
+
+
 @task(help={"name": "catalog name"})
 def verify(c: Context, name: str) -> None:
     """Check installed files' sha256 against the hub (online) or the catalog's pins (offline)."""

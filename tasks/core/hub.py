@@ -210,6 +210,38 @@ def remote_info(entry: CatalogEntry, models: ModelsSettings, revision: str = "")
     return RemoteInfo(commit, bool(info.gated), files)
 
 
+@dataclass(frozen=True)
+class EntryCheck:
+    name: str
+    commit: str
+    hub_size: int
+    problem: str  # "" when the entry matches the hub
+
+
+def check_catalog(entries: list[CatalogEntry], models: ModelsSettings) -> list[EntryCheck]:
+    """Each entry against the hub: repo and files exist, size_bytes within 10%, pinned sha256 equal."""
+    checks = []
+    for entry in entries:
+        try:
+            found = remote_info(entry, models)
+        except HomelabError as exc:
+            checks.append(EntryCheck(entry.name, "", 0, exc.problem))
+            continue
+        size = sum(found.files[n].size for n in store.default_files(entry) if n in found.files)
+        missing = [n for n in entry.files if n not in found.files]
+        wrong_pins = [n for n, d in entry.sha256.items() if n in found.files and found.files[n].sha256 != d]
+        if missing:
+            problem = f"not on the hub: {', '.join(missing)}"
+        elif wrong_pins:
+            problem = f"sha256 pin differs from the hub: {', '.join(wrong_pins)}"
+        elif abs(size - entry.size_bytes) > entry.size_bytes / 10:
+            problem = f"size_bytes {describe_size(entry.size_bytes)}, hub {describe_size(size)}"
+        else:
+            problem = ""
+        checks.append(EntryCheck(entry.name, found.commit, size, problem))
+    return checks
+
+
 # --- downloads ----------------------------------------------------------------------------------
 
 

@@ -259,3 +259,14 @@ def test_olah_mirror_serves_downloads_and_its_ignored_range_restarts_cleanly(
     assert "resume at 500.0 kB" in models_cli("models.download", "tiny", "--dry-run").stdout
     assert models_cli("models.download", "tiny").returncode == 0  # appending after a 200 would corrupt it
     assert models_cli("models.verify", "tiny").returncode == 0
+
+
+def test_catalog_check_confirms_entries_and_names_the_ones_that_disagree(models_cli: ModelsCli) -> None:
+    result = models_cli("models.check")
+    assert _row(result.stdout, "tiny")[3] == "ok" and _row(result.stdout, "smol-hub")[3] == "ok"
+    assert _row(result.stdout, "no-file")[3] == "not on the hub: missing.gguf"
+    assert _row(result.stdout, "no-repo")[3].startswith("repository test-org/does-not-exist not found")
+    assert _row(result.stdout, "tiny-st")[3] == "ok"
+    assert _row(result.stdout, "wrong-size")[3] == "size_bytes 30.0 MB, hub 3.0 MB"
+    line = _one_line_error(result)
+    assert "5 catalog entries disagree with the hub: gated, no-repo, no-file, no-rev, wrong-size" in line
