@@ -166,7 +166,6 @@ def info(c: Context, name: str, remote: bool = False) -> None:
 def _show_remote(entry: CatalogEntry, found: Any, endpoint: str) -> None:
     """The hub's view of an entry, and the lines to pin it in catalog.yaml."""
     from tasks.core.catalog import describe_size
-    from tasks.core.store import default_files
 
     gated = " (gated)" if found.gated else ""
     _say(f"[bold]On the hub[/]: {endpoint}/{entry.repo} @ {found.commit}{gated}")
@@ -178,8 +177,7 @@ def _show_remote(entry: CatalogEntry, found: Any, endpoint: str) -> None:
             digest = f.sha256 or "- (not an LFS file)"
             _say(f"  {name}: {f.size:,} B ({describe_size(f.size)}), sha256 {digest}")
     pins = {n: f.sha256 for n, f in found.files.items() if f.sha256 and n in entry.files}
-    hub_size = sum(found.files[n].size for n in default_files(entry) if n in found.files)
-    _say(f"size_bytes: catalog {entry.size_bytes:,} · hub {hub_size:,} (what `download` fetches)")
+    _say(f"size_bytes: catalog {entry.size_bytes:,} · hub {found.download_size(entry):,}")
     _say("To pin it, in catalog.yaml under this entry:")
     _say(f"    revision: {found.commit}")
     if pins:

@@ -183,7 +183,12 @@ class RemoteEntry:
 class RemoteInfo:
     commit: str
     gated: bool
-    files: dict[str, RemoteEntry]  # only the files that exist at `commit`
+    files: dict[str, RemoteEntry]  # the entry's files and pattern matches that exist at `commit`
+
+    def download_size(self, entry: CatalogEntry) -> int:
+        """What `download NAME` would fetch, by the hub's sizes."""
+        fetched = [*store.default_files(entry), *(n for n in self.files if n not in entry.files)]
+        return sum(self.files[n].size for n in fetched if n in self.files)
 
 
 def remote_info(entry: CatalogEntry, models: ModelsSettings, revision: str = "") -> RemoteInfo:
@@ -227,7 +232,7 @@ def check_catalog(entries: list[CatalogEntry], models: ModelsSettings) -> list[E
         except HomelabError as exc:
             checks.append(EntryCheck(entry.name, "", 0, exc.problem))
             continue
-        size = sum(found.files[n].size for n in store.default_files(entry) if n in found.files)
+        size = found.download_size(entry)
         missing = [n for n in entry.files if n not in found.files]
         wrong_pins = [n for n, d in entry.sha256.items() if n in found.files and found.files[n].sha256 != d]
         if missing:

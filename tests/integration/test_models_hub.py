@@ -87,6 +87,13 @@ def test_quant_and_revision_pick_what_is_fetched(models_cli: ModelsCli, hub: Hub
     assert f"snapshots/{commit}/tiny-Q8_0.gguf" in result.stdout
 
 
+def test_pattern_entry_fetches_the_matching_files(models_cli: ModelsCli, hub: HubServer) -> None:
+    result = models_cli("models.download", "q8-by-pattern")
+    assert result.returncode == 0, result.stderr
+    assert hub.served[f"{TINY}/tiny-Q8_0.gguf"] == 2 * MB and hub.served[f"{TINY}/tiny-Q4_K_M.gguf"] == 0
+    assert _row(models_cli("models.ls").stdout, "q8-by-pattern")[1] == "tiny-Q8_0.gguf"
+
+
 def test_safetensors_entry_fetches_every_file_and_verifies_lfs_ones(models_cli: ModelsCli) -> None:
     assert models_cli("models.download", "tiny-st").returncode == 0
     checked = models_cli("models.verify", "tiny-st")
@@ -270,3 +277,4 @@ def test_catalog_check_confirms_entries_and_names_the_ones_that_disagree(models_
     assert _row(result.stdout, "wrong-size")[3] == "size_bytes 30.0 MB, hub 3.0 MB"
     line = _one_line_error(result)
     assert "5 catalog entries disagree with the hub: gated, no-repo, no-file, no-rev, wrong-size" in line
+    assert _row(result.stdout, "q8-by-pattern")[3] == "ok"
