@@ -194,15 +194,14 @@ def plan_deletion(entry: CatalogEntry, models: ModelsSettings) -> Deletion:
     names = set(_entry_file_names(entry, storage))
     partials = [(n, p) for n in sorted(names) if (p := read_partial(storage, n)) is not None]
     info = scan(models)
-    repo = next((r for r in info.repos if r.repo_path == storage.resolve()), None) if info else None
-    cached = [f for rev in repo.revisions for f in rev.files] if repo else []
+    repos = [r for r in info.repos if r.repo_path == storage.resolve()] if info else []
+    cached = [f for repo in repos for rev in repo.revisions for f in rev.files]
     mine = [f for f in cached if _name_in(f.file_path, storage) in names]
-    if repo is not None and cached and len(mine) == len(cached):
-        strategy = info.delete_revisions(*(rev.commit_hash for rev in repo.revisions))  # type: ignore[union-attr]
-    elif mine:
-        strategy = info.delete_files(*mine)  # type: ignore[union-attr]
-    else:
-        strategy = None
+    strategy = None
+    if info is not None and mine and len(mine) == len(cached):
+        strategy = info.delete_revisions(*(rev.commit_hash for repo in repos for rev in repo.revisions))
+    elif info is not None and mine:
+        strategy = info.delete_files(*mine)
 
     def run() -> None:
         if strategy is not None:
@@ -231,6 +230,7 @@ class Usage:
 
 def disk_usage(entries: Iterable[CatalogEntry], models: ModelsSettings) -> list[Usage]:
     """Bytes per catalog entry (downloads, partials, bundled), then cache repos outside the catalog."""
+    entries = list(entries)
     info = scan(models)
     by_repo = {r.repo_id: r for r in info.repos} if info else {}
     rows: list[Usage] = []

@@ -57,6 +57,7 @@ def test_download_list_info_verify_delete_round_trip(models_cli: ModelsCli, hub:
     listed = models_cli("models.ls")
     assert "tiny-Q4_K_M.gguf" in listed.stdout and "complete" in listed.stdout
     assert _row(models_cli("models.catalog").stdout, "tiny")[3] == "yes"
+    assert _row(models_cli("models.disk-usage").stdout, "tiny") == ["tiny", "downloaded", "3.0 MB"]
 
     shown = models_cli("models.info", "tiny", "--remote")
     assert shown.returncode == 0, shown.stderr
