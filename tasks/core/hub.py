@@ -27,6 +27,8 @@ from tasks.core.config import ModelsSettings
 from tasks.core.errors import HomelabError
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+COMMIT = re.compile(r"[0-9a-f]{40}")
+SAFE_ETAG = re.compile(r"[\w.-]+")
 CHUNK = 1 << 20
 
 
@@ -164,12 +166,14 @@ def resolve(repo: str, filename: str, revision: str, models: ModelsSettings) -> 
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
     with hub_errors(endpoint, repo, revision, filename):
         meta = get_hf_file_metadata(url, token=token(models), endpoint=endpoint)
-    if not meta.commit_hash or not meta.etag or meta.size is None:
+    commit, etag, size = meta.commit_hash or "", meta.etag or "", meta.size
+    # the etag becomes a file name under blobs/, the commit a folder under snapshots/
+    if size is None or not COMMIT.fullmatch(commit) or not SAFE_ETAG.fullmatch(etag):
         raise HomelabError(
-            f"{endpoint} answered without commit, etag or size for {repo}/{filename}",
+            f"{endpoint} answered without a usable commit, etag or size for {repo}/{filename}",
             "set models.hub_endpoint to the hub or a mirror of it",
         )
-    return RemoteFile(repo, filename, revision, meta.commit_hash, meta.etag, meta.size, meta.location)
+    return RemoteFile(repo, filename, revision, commit, etag, size, meta.location)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tasks.core.catalog import CatalogEntry
 from tasks.core.config import ModelsSettings
+from tasks.core.errors import HomelabError
 
 if TYPE_CHECKING:
     from huggingface_hub import HFCacheInfo
@@ -48,6 +49,10 @@ def repo_dir(cache_dir: Path, repo: str) -> Path:
 
 
 def pointer_path(storage: Path, commit: str, filename: str) -> Path:
+    """Where huggingface_hub links a file of a commit; refuses names that would leave the snapshot."""
+    parts = Path(filename).parts
+    if not parts or Path(filename).is_absolute() or ".." in parts:
+        raise HomelabError(f"unsafe file name '{filename}'", "name a file inside the repo")
     return storage / "snapshots" / commit / filename
 
 

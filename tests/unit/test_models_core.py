@@ -11,6 +11,7 @@ from huggingface_hub.utils import hf_raise_for_status
 
 from tasks.core import catalog, config, hub, store
 from tasks.core.config import ModelsSettings
+from tasks.core.errors import HomelabError
 
 ENDPOINT = "http://mirror.lan:8090"
 CONTEXT = {"endpoint": ENDPOINT, "repo": "org/model-GGUF", "revision": "main", "file": "m.gguf"}
@@ -86,3 +87,9 @@ def test_nothing_installed_means_none_and_an_empty_state(tmp_path: Path) -> None
     assert store.installed_file(entry, models) is None
     assert store.install_state(entry, models) == ""
     assert store.plan_deletion(entry, models).files == []
+
+
+@pytest.mark.parametrize("name", ["../../outside.gguf", "/etc/passwd", "sub/../../x.gguf"])
+def test_file_names_that_leave_the_snapshot_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(HomelabError, match="unsafe file name"):
+        store.pointer_path(tmp_path, "c" * 40, name)
