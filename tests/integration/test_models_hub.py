@@ -73,7 +73,7 @@ def test_download_list_info_verify_delete_round_trip(models_cli: ModelsCli, hub:
 
     refused = models_cli("models.rm", "tiny")  # no terminal to answer: nothing is deleted
     assert "nothing deleted" in _one_line_error(refused)
-    deleted = models_cli("models.rm", "tiny", "--yes")
+    deleted = models_cli("models.rm", "tiny", stdin="y\n")
     assert deleted.returncode == 0, deleted.stderr
     assert "freed 3.0 MB" in deleted.stdout
     assert not any(r.repo_id == TINY for r in scan_cache_dir(models_cli.cache_dir).repos)
