@@ -128,6 +128,15 @@ def explain(exc: BaseException, **context: str) -> HomelabError | None:
     return None
 
 
+def unreachable(error: HomelabError) -> bool:
+    """Whether a hub error means no answer at all (offline, refused, dropped) rather than a bad answer."""
+    import httpx2
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    # hub_errors raises `from None`, which keeps the library's exception as __context__
+    return isinstance(error.__context__, httpx2.TransportError | OfflineModeIsEnabled)
+
+
 @contextmanager
 def hub_errors(endpoint: str, repo: str = "", revision: str = "", file: str = "") -> Iterator[None]:
     """Turn hub failures inside the block into one-line HomelabErrors."""
@@ -228,12 +237,17 @@ class EntryCheck:
 
 
 def check_catalog(entries: list[CatalogEntry], models: ModelsSettings) -> list[EntryCheck]:
-    """Each entry against the hub: repo and files exist, size_bytes within 10%, pinned sha256 equal."""
+    """Each entry against the hub: repo and files exist, size_bytes within 10%, pinned sha256 equal.
+
+    An unreachable hub stops the check at once: it says nothing about the entries.
+    """
     checks = []
     for entry in entries:
         try:
             found = remote_info(entry, models)
         except HomelabError as exc:
+            if unreachable(exc):
+                raise
             checks.append(EntryCheck(entry.name, "", 0, exc.problem))
             continue
         size = found.download_size(entry)
@@ -463,9 +477,6 @@ def _remote_hashes_if_reachable(
     entry: CatalogEntry, models: ModelsSettings, local: list[store.LocalFile]
 ) -> dict[str, str]:
     """The hub's LFS sha256 per file at the snapshot each file came from; {} when the hub is unreachable."""
-    import httpx2
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
     storage = store.repo_dir(models.cache_dir, entry.repo)
     commits = {
         f.name: f.path.relative_to(storage / "snapshots").parts[0]
@@ -477,8 +488,7 @@ def _remote_hashes_if_reachable(
         try:
             info = remote_info(entry, models, revision=commit)
         except HomelabError as exc:
-            # hub_errors keeps the library's exception as __context__: offline is not a failure here
-            if isinstance(exc.__context__, httpx2.TransportError | OfflineModeIsEnabled):
+            if unreachable(exc):  # offline is not a failure here: the catalog's pins still apply
                 return {}
             raise
         hashes.update({n: e.sha256 for n, e in info.files.items() if e.sha256 and commits.get(n) == commit})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import hf_raise_for_status
 
 from tasks.core import catalog, config, hub, store
@@ -37,6 +38,7 @@ def _hub_error(
         (_hub_error(404, "EntryNotFound"), "file 'm.gguf' not found in org/model-GGUF", "--file"),
         (_hub_error(401), "rejected the token", "hub_token"),
         (_hub_error(503), "answered HTTP 503", "try again later"),
+        (OfflineModeIsEnabled("offline"), "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE"),
         (httpx2.ConnectError("refused"), f"cannot reach {ENDPOINT}", "models.hub_endpoint"),
         (httpx2.RemoteProtocolError("peer closed"), "connection to", "resumes"),
         (OSError(errno.ENOSPC, "No space left on device"), "disk filled up while writing m.gguf", "resumes"),
