@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx2
@@ -95,3 +97,13 @@ def test_nothing_installed_means_none_and_an_empty_state(tmp_path: Path) -> None
 def test_file_names_that_leave_the_snapshot_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(HomelabError, match="unsafe file name"):
         store.pointer_path(tmp_path, "c" * 40, name)
+
+
+def test_listing_tasks_loads_no_heavy_library() -> None:
+    """`inv -l` imports every task module; the hub client, rich and pydantic wait for a task to run."""
+    heavy = ("huggingface_hub", "httpx", "httpx2", "rich", "pydantic", "fabric")
+    code = f"import sys, tasks.models; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=config.PROJECT_ROOT, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
