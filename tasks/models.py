@@ -82,8 +82,8 @@ def list_(c: Context) -> None:
 @task(
     help={
         "name": "catalog name (see `inv models.catalog`)",
-        "file": "exact file name in the repo (default: the catalog's first file, or all for non-GGUF)",
-        "quant": "quant tag matched against the entry's files, e.g. q8_0",
+        "file": "one of the entry's files, by exact name (default: the first GGUF, or every file otherwise)",
+        "quant": "quant tag that picks one of the entry's files, e.g. q8_0",
         "revision": "branch, tag or commit (default: the catalog's pin, else main)",
         "dry_run": "only say what would be fetched and how big",
     }
@@ -103,7 +103,7 @@ def download(
     if bundled is not None and not (file or quant or revision):
         _say(f"{name} is bundled: {bundled} (nothing to download)")
         return
-    plan = hub.plan_download(entry, models, wanted=file or quant, revision=revision)
+    plan = hub.plan_download(entry, models, file=file, quant=quant, revision=revision)
     if dry_run:
         _show_plan(plan)
         return

@@ -296,11 +296,15 @@ class DownloadPlan:
 
 
 def plan_download(
-    entry: CatalogEntry, models: ModelsSettings, wanted: str = "", revision: str = ""
+    entry: CatalogEntry, models: ModelsSettings, file: str = "", quant: str = "", revision: str = ""
 ) -> DownloadPlan:
-    """What a download would fetch: every file of the entry (or the one asked for), sizes, resume points."""
+    """What a download would fetch: the entry's default files (or the one asked for), sizes, resume points."""
     revision = revision or entry.revision or "main"
-    names = [entry.pick_file(wanted)] if wanted else _remote_names(entry, models, revision)
+    matched = _pattern_matches(entry, models, revision)
+    if file or quant:
+        names = [choose_file(entry, list(dict.fromkeys([*entry.files, *matched])), file, quant)]
+    else:
+        names = list(dict.fromkeys([*store.default_files(entry), *matched]))
     storage = store.repo_dir(models.cache_dir, entry.repo)
     plans = []
     for name in names:
@@ -316,16 +320,35 @@ def plan_download(
     return DownloadPlan(plans, models.cache_dir, store.free_bytes(models.cache_dir), margin)
 
 
-def _remote_names(entry: CatalogEntry, models: ModelsSettings, revision: str) -> list[str]:
+def choose_file(entry: CatalogEntry, known: list[str], file: str = "", quant: str = "") -> str:
+    """The one file `--file` (exact name) or `--quant` (tag in the name) picks among the entry's files.
+
+    Only files the catalog lists (or its patterns match) can be picked: the catalog is what `list`,
+    `verify` and `delete` know an entry by, so a file outside it would be fetched and then lost.
+    """
+    if file:
+        asked, matches = f"--file {file}", [n for n in known if n == file]
+    else:
+        asked, matches = f"--quant {quant}", [n for n in known if quant.lower() in n.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    how_many = "more than one" if matches else "no"
+    raise HomelabError(
+        f"{entry.name}: {how_many} file of its catalog entry matches {asked}",
+        f"choose one of: {', '.join(matches or known)} (or add the file to '{entry.name}' in catalog.yaml)",
+    )
+
+
+def _pattern_matches(entry: CatalogEntry, models: ModelsSettings, revision: str) -> list[str]:
+    """The repo's files that the entry's patterns match at `revision` (no hub call without patterns)."""
     if not entry.patterns:
-        return store.default_files(entry)
+        return []
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=models.hub_endpoint, token=token(models))
     with hub_errors(models.hub_endpoint, entry.repo, revision):
         listed = api.list_repo_files(entry.repo, revision=revision)
-    matched = [n for n in listed if any(fnmatch.fnmatch(n, p) for p in entry.patterns)]
-    return list(dict.fromkeys([*store.default_files(entry), *matched]))
+    return [n for n in listed if any(fnmatch.fnmatch(n, p) for p in entry.patterns)]
 
 
 def download(plan: DownloadPlan, models: ModelsSettings) -> list[Path]:

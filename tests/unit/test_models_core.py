@@ -107,3 +107,32 @@ def test_listing_tasks_loads_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=config.PROJECT_ROOT, check=True
     )
     assert loaded.stdout.strip() == "[]"
+
+
+QUANTS = ["m-Q4_K_M.gguf", "m-Q4_0.gguf", "m-Q8_0.gguf"]
+
+
+@pytest.mark.parametrize(
+    ("file", "quant", "chosen"),
+    [("m-Q4_0.gguf", "", "m-Q4_0.gguf"), ("", "q8_0", "m-Q8_0.gguf"), ("", "Q4_K", "m-Q4_K_M.gguf")],
+)
+def test_file_or_quant_picks_one_of_the_entry_files(file: str, quant: str, chosen: str) -> None:
+    entry = catalog.load_catalog(config.PROJECT_ROOT / "catalog.yaml")["qwen"]
+    assert hub.choose_file(entry, QUANTS, file=file, quant=quant) == chosen
+
+
+@pytest.mark.parametrize(
+    ("file", "quant", "problem"),
+    [
+        ("other.gguf", "", "qwen: no file of its catalog entry matches --file other.gguf"),
+        ("m-Q4", "", "qwen: no file of its catalog entry matches --file m-Q4"),  # --file is exact
+        ("", "q4", "qwen: more than one file of its catalog entry matches --quant q4"),
+    ],
+)
+def test_file_or_quant_outside_the_entry_is_refused_with_the_choices(
+    file: str, quant: str, problem: str
+) -> None:
+    entry = catalog.load_catalog(config.PROJECT_ROOT / "catalog.yaml")["qwen"]
+    with pytest.raises(HomelabError) as refused:
+        hub.choose_file(entry, QUANTS, file=file, quant=quant)
+    assert refused.value.problem == problem and "choose one of: m-Q4" in refused.value.fix
