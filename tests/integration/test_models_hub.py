@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tests.fixtures.hub import GRANTED_TOKEN, MB, HubServer, ModelsCli, Olah, de
 TINY = "test-org/tiny-GGUF"
 
 
-def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     """The task's error line; also checks the failure was clean (non-zero, no traceback)."""
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr
