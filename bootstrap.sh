@@ -10,7 +10,7 @@ extras="server"
 apt_packages=(git)
 if [[ "${1:-}" == "--dev" ]]; then
   extras="server,mlx,dev"
-  apt_packages+=(openssh-server openssh-client nginx-light)
+  apt_packages+=(openssh-server openssh-client)
 fi
 [[ "$(uname -s)" == "Darwin" ]] && extras="${extras},mlx"
 

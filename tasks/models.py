@@ -2,29 +2,279 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from invoke import Context
 
 from tasks._task import task
+
+if TYPE_CHECKING:
+    from tasks.core.catalog import CatalogEntry
+    from tasks.core.config import ModelsSettings
+
+
+def _catalog(c: Context) -> tuple[ModelsSettings, dict[str, CatalogEntry]]:
+    from tasks.core import catalog, config
+
+    models = config.load(c.config).models
+    return models, catalog.load_catalog(models.catalog)
+
+
+def _entry(c: Context, name: str) -> tuple[ModelsSettings, CatalogEntry]:
+    from tasks.core.catalog import get_entry
+
+    models, entries = _catalog(c)
+    return models, get_entry(entries, name)
+
+
+def _say(text: str) -> None:
+    from tasks.core.console import console
+
+    console().print(text, soft_wrap=True)
 
 
 @task
 def catalog(c: Context) -> None:
     """Show every catalog entry: name, format, size, installed?"""
-    from tasks.core import catalog as cat
-    from tasks.core import config
+    from tasks.core.catalog import describe_size
     from tasks.core.console import print_table
+    from tasks.core.store import install_state
 
-    settings = config.load(c.config)
-    entries = cat.load_catalog(settings.models.catalog)
+    models, entries = _catalog(c)
     rows = [
-        (
-            e.name,
-            e.format,
-            cat.describe_size(e.size_bytes),
-            e.repo,
-            "bundled" if e.bundled else "",
-            e.description,
-        )
+        (e.name, e.format, describe_size(e.size_bytes), install_state(e, models), _headline(e.description))
         for e in entries.values()
     ]
-    print_table("Model catalog", ["name", "format", "size", "repo", "installed", "description"], rows)
+    print_table("Model catalog", ["name", "format", "size", "installed", "model"], rows)
+    _say("Sizes are approximate until confirmed: inv models.info NAME --remote")
+
+
+def _headline(description: str) -> str:
+    """A description up to its first aside, so the catalog table fits 80 columns."""
+    return description.split(" — ")[0].split(" (")[0]
+
+
+@task(name="list", aliases=["ls"])
+def list_(c: Context) -> None:
+    """List what is installed: bundled files, downloads, and interrupted downloads."""
+    from tasks.core.catalog import describe_size
+    from tasks.core.console import print_table
+    from tasks.core.store import local_files
+
+    models, entries = _catalog(c)
+    rows = []
+    for entry in entries.values():
+        for f in local_files(entry, models):
+            if f.state == "missing" or f.path is None:
+                continue
+            state = "complete" if f.state == "complete" else f"partial {f.percent:.0f}%"
+            where = {"bundled": "package", "downloaded": "cache"}[f.source]
+            if f.source == "downloaded" and f.state == "complete":
+                where += f" @ {f.path.parent.name[:7]}"  # the snapshot's commit
+            rows.append((entry.name, f.name, describe_size(f.size), state, f.source, where))
+    if not rows:
+        _say("Nothing installed. `inv models.catalog` lists what can be downloaded.")
+        return
+    print_table("Installed models", ["name", "file", "size", "state", "source", "where"], rows)
+    _say(f"Cache: {models.cache_dir} · full paths: inv models.info NAME")
+
+
+@task(
+    help={
+        "name": "catalog name (see `inv models.catalog`)",
+        "file": "one of the entry's files, by exact name (default: the first GGUF, or every file otherwise)",
+        "quant": "quant tag that picks one of the entry's files, e.g. q8_0",
+        "revision": "branch, tag or commit (default: the catalog's pin, else main)",
+        "dry_run": "only say what would be fetched and how big",
+    }
+)
+def download(
+    c: Context, name: str, file: str = "", quant: str = "", revision: str = "", dry_run: bool = False
+) -> None:
+    """Download a model into the HF cache; resumes an interrupted download."""
+    from tasks.core import hub
+    from tasks.core.catalog import describe_size
+    from tasks.core.errors import HomelabError
+
+    models, entry = _entry(c, name)
+    if file and quant:
+        raise HomelabError("--file and --quant both given", "pass one of them")
+    bundled = entry.bundled.locate() if entry.bundled else None
+    if bundled is not None and not (file or quant or revision):
+        _say(f"{name} is bundled: {bundled} (nothing to download)")
+        return
+    plan = hub.plan_download(entry, models, file=file, quant=quant, revision=revision)
+    if dry_run:
+        _show_plan(plan)
+        return
+    paths = hub.download(plan, models)
+    for path in paths:
+        _say(f"ready: {path}")
+    fetched = describe_size(plan.to_fetch) if plan.to_fetch else "nothing (already in the cache)"
+    _say(f"{name}: fetched {fetched}")
+
+
+def _show_plan(plan: Any) -> None:
+    from tasks.core.catalog import describe_size
+    from tasks.core.console import print_table
+
+    def status(f: Any) -> str:
+        if f.cached:
+            return "cached"
+        return f"resume at {describe_size(f.have)}" if f.have else "new"
+
+    rows = [
+        (f.remote.filename, describe_size(f.remote.size), status(f), describe_size(f.to_fetch))
+        for f in plan.files
+    ]
+    print_table("Dry run: nothing downloaded", ["file", "size", "status", "to fetch"], rows)
+    verdict = "fits" if plan.fits else "does NOT fit"
+    _say(
+        f"Would fetch {describe_size(plan.to_fetch)} into {plan.cache_dir}; {describe_size(plan.free)} free,"
+        f" {describe_size(plan.margin)} kept free: {verdict}."
+    )
+
+
+@task(
+    help={
+        "name": "catalog name",
+        "remote": "also ask the hub: commit, sizes and sha256 of the files (confirms the catalog)",
+    }
+)
+def info(c: Context, name: str, remote: bool = False) -> None:
+    """Show a catalog entry, its local files and paths; --remote adds the hub's metadata."""
+    from tasks.core import hub
+    from tasks.core.catalog import describe_size
+    from tasks.core.store import local_files
+
+    models, entry = _entry(c, name)
+    facts = entry.model_dump(exclude_none=True, exclude={"bundled", "sha256"})
+    for key, value in facts.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        if shown not in ("", []):
+            _say(f"[bold]{key}[/]: {shown}")
+    for file, digest in entry.sha256.items():
+        _say(f"[bold]sha256[/] {file}: {digest}")
+    _say("[bold]On this machine[/]:")
+    for f in local_files(entry, models):
+        where = f" → {f.path}" if f.path else ""
+        _say(f"  {f.name}: {f.state} {f.source} {describe_size(f.size) if f.path else ''}{where}")
+    if remote:
+        _show_remote(entry, hub.remote_info(entry, models), models.hub_endpoint)
+
+
+def _show_remote(entry: CatalogEntry, found: Any, endpoint: str) -> None:
+    """The hub's view of an entry, and the lines to pin it in catalog.yaml."""
+    from tasks.core.catalog import describe_size
+
+    gated = " (gated)" if found.gated else ""
+    _say(f"[bold]On the hub[/]: {endpoint}/{entry.repo} @ {found.commit}{gated}")
+    for name in dict.fromkeys([*entry.files, *found.files]):
+        f = found.files.get(name)
+        if f is None:
+            _say(f"  {name}: [red]NOT FOUND[/] at this revision")
+        else:
+            digest = f.sha256 or "- (not an LFS file)"
+            _say(f"  {name}: {f.size:,} B ({describe_size(f.size)}), sha256 {digest}")
+    pins = {n: f.sha256 for n, f in found.files.items() if f.sha256 and n in entry.files}
+    _say(f"size_bytes: catalog {entry.size_bytes:,} · hub {found.download_size(entry):,}")
+    _say("To pin it, in catalog.yaml under this entry:")
+    _say(f"    revision: {found.commit}")
+    if pins:
+        _say("    sha256:\n" + "\n".join(f"      {n}: {digest}" for n, digest in pins.items()))
+
+
+@task
+def check(c: Context) -> None:
+    """Confirm every catalog entry against the hub: repo, files, sizes, pinned sha256."""
+    from tasks.core import hub
+    from tasks.core.catalog import describe_size
+    from tasks.core.console import print_table
+    from tasks.core.errors import HomelabError
+
+    models, entries = _catalog(c)
+    checks = hub.check_catalog(list(entries.values()), models)
+    rows = [
+        (ch.name, ch.commit[:7], describe_size(ch.hub_size) if ch.commit else "", ch.problem or "ok")
+        for ch in checks
+    ]
+    print_table(f"Catalog against {models.hub_endpoint}", ["name", "commit", "hub size", "result"], rows)
+    failed = [ch.name for ch in checks if ch.problem]
+    if failed:
+        raise HomelabError(
+            f"{len(failed)} catalog entr{'y' if len(failed) == 1 else 'ies'} disagree with the hub: "
+            + ", ".join(failed),
+            "fix them in catalog.yaml (`inv models.info NAME --remote` shows the hub's values)",
+        )
+
+
+@task(help={"name": "catalog name"})
+def verify(c: Context, name: str) -> None:
+    """Check installed files' sha256 against the hub (online) or the catalog's pins (offline)."""
+    from tasks.core import hub
+    from tasks.core.console import print_table
+    from tasks.core.errors import HomelabError
+
+    models, entry = _entry(c, name)
+    checks = hub.verify(entry, models)
+    rows = [
+        (ch.file, ch.source or "-", "ok" if ch.ok else ("MISMATCH" if ch.expected else "unverified"))
+        for ch in checks
+    ]
+    print_table(f"verify {name}", ["file", "checked against", "result"], rows)
+    bad = [ch for ch in checks if ch.expected is not None and not ch.ok]
+    if bad:
+        raise HomelabError(
+            f"{bad[0].file}: sha256 {bad[0].actual[:16]}… differs from the {bad[0].source}'s"
+            f" {(bad[0].expected or '')[:16]}… ({bad[0].path})",
+            f"re-download: inv models.delete {name} --yes && inv models.download {name}",
+        )
+    if any(ch.expected is None for ch in checks):
+        _say("Some files have no reference sha256: reach the hub, or pin sha256 in catalog.yaml.")
+
+
+@task(
+    name="delete",
+    aliases=["rm"],
+    help={"name": "catalog name", "yes": "do not ask for confirmation"},
+)
+def delete(c: Context, name: str, yes: bool = False) -> None:
+    """Delete a model's downloaded files (every revision); says how much space that frees."""
+    from tasks.core.catalog import describe_size
+    from tasks.core.errors import HomelabError
+    from tasks.core.store import plan_deletion
+
+    models, entry = _entry(c, name)
+    deletion = plan_deletion(entry, models)
+    if not deletion.files:
+        bundled = " (its bundled file stays: it belongs to the Python package)" if entry.bundled else ""
+        _say(f"Nothing of {name} is downloaded{bundled}.")
+        return
+    question = f"Delete {', '.join(deletion.files)} ({describe_size(deletion.freed_bytes)})? [y/N] "
+    if not yes and not _confirm(question):
+        raise HomelabError("nothing deleted", "answer y, or pass --yes")
+    deletion.run()
+    _say(f"Deleted {name}: freed {describe_size(deletion.freed_bytes)}.")
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+@task(name="disk-usage")
+def disk_usage(c: Context) -> None:
+    """Show disk used per model and in total, and the free space where models live."""
+    from tasks.core.catalog import describe_size
+    from tasks.core.console import print_table
+    from tasks.core.store import disk_usage as usage
+    from tasks.core.store import free_bytes
+
+    models, entries = _catalog(c)
+    rows = usage(entries.values(), models)
+    table = [(r.label, r.where, describe_size(r.size)) for r in rows]
+    table.append(("total", "", describe_size(sum(r.size for r in rows))))
+    print_table("Disk usage", ["model", "source", "size"], table)
+    _say(f"{describe_size(free_bytes(models.cache_dir))} free at {models.cache_dir}")
