@@ -2,6 +2,6 @@
 
 from invoke import Collection
 
-from tasks import git, lint, models, server, test
+from tasks import fleet, git, lint, models, remote, server, test
 
-ns = Collection(models, server, git, test, lint)
+ns = Collection(models, server, git, test, lint, remote, fleet)

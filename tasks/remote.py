@@ -1,0 +1,57 @@
+"""Remote: set up and update the project's checkout on a homelab host; this host's facts for the fleet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke import Context
+from invoke.exceptions import Exit
+
+from tasks._task import task
+
+
+@task(
+    help={
+        "host": "inventory name (hosts: in invoke.yaml), ssh_config alias or user@host:port",
+        "install": "run bootstrap.sh after cloning or updating (--no-install: the checkout only)",
+    }
+)
+def bootstrap(c: Context, host: str, install: bool = True) -> None:
+    """Clone (or fast-forward) the project on HOST and run its bootstrap.sh: a fresh machine, ready."""
+    from tasks.core import config, remote
+
+    settings = config.load(c.config)
+    target = remote.resolve(host, settings)
+    command = remote.bootstrap_command(target, remote.repo_url(settings), install)
+    _exit_like(remote.execute(c.config, settings, target, command))
+
+
+@task(help={"host": "inventory name (hosts: in invoke.yaml), ssh_config alias or user@host:port"})
+def sync(c: Context, host: str) -> None:
+    """Fast-forward the project's checkout on HOST, so catalog.yaml and invoke.yaml match everywhere."""
+    from tasks.core import config, remote
+
+    settings = config.load(c.config)
+    target = remote.resolve(host, settings)
+    _exit_like(remote.execute(c.config, settings, target, remote.sync_command(target)))
+
+
+@task(help={"json": "print one JSON line (what fleet.status reads) instead of a table"})
+def facts(c: Context, json: bool = False) -> None:
+    """Show this host's checkout revision, server, model, health and free disk for models."""
+    from dataclasses import asdict
+
+    from tasks.core import config, fleet
+    from tasks.core.console import print_table
+
+    found = fleet.local_facts(config.load(c.config))
+    if json:
+        print(fleet.facts_json(found))
+    else:
+        print_table("This host", list(asdict(found)), [list(asdict(found).values())])
+
+
+def _exit_like(result: Any) -> None:
+    """The host's exit code becomes ours (its own output already said why)."""
+    if result.exited:
+        raise Exit(code=result.exited)
