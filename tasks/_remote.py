@@ -32,7 +32,8 @@ def delegate(c: Any, wrapper: Callable[..., Any], body: Callable[..., Any], args
     name = dotted_name(ns, wrapper)
     values = inspect.signature(body).bind(c, *args, **kwargs).arguments
     words = remote.task_arguments(ns[name], values)
-    target = remote.resolve(c.original_host, settings)
+    # fab has parsed user@host:port and read ~/.ssh/config for a plain host; an inventory name is ours
+    target = remote.resolve(c.original_host, settings, c.user, c.port)
     result = remote.execute(c.config, settings, target, remote.invoke_command(target, name, words))
     if result.exited:
         raise Exit(code=result.exited)

@@ -30,11 +30,13 @@ class Target:
     tags: tuple[str, ...] = ()
 
 
-def resolve(name: str, settings: Settings) -> Target:
-    """An inventory name to its entry; anything else is a plain host (ssh_config alias, user@host:port)."""
+def resolve(name: str, settings: Settings, user: str = "", port: int = 0) -> Target:
+    """An inventory name to its entry; anything else is a plain host (ssh_config alias, user@host:port),
+    with `user` and `port` if the caller already parsed them out of it."""
     entry = settings.hosts.get(name)
     if entry is None:
-        return Target(name, Endpoint(name), settings.remote.checkout, settings.remote.python)
+        endpoint = Endpoint(name, user, port)
+        return Target(name, endpoint, settings.remote.checkout, settings.remote.python)
     return Target(
         name,
         Endpoint(entry.host, entry.user, entry.port),

@@ -110,7 +110,7 @@ def describe_failure(exc: BaseException, where: str) -> HomelabError | None:
         return HomelabError(
             f"{where}: SSH login refused", "check the user and that your key is in its authorized_keys"
         )
-    if isinstance(exc, socket.gaierror):
+    if isinstance(exc, socket.gaierror | UnicodeError):  # UnicodeError: not even a valid name
         return HomelabError(f"{where}: unknown host name", "check the name in hosts: or ~/.ssh/config")
     if isinstance(exc, TimeoutError | socket.timeout):
         return HomelabError(f"{where}: SSH connection timed out", "is the host up and on the network?")
