@@ -34,7 +34,10 @@ def delegate(c: Any, wrapper: Callable[..., Any], body: Callable[..., Any], args
     words = remote.task_arguments(ns[name], values)
     # fab has parsed user@host:port and read ~/.ssh/config for a plain host; an inventory name is ours
     target = remote.resolve(c.original_host, settings, c.user, c.port)
-    result = remote.execute(c.config, settings, target, remote.invoke_command(target, name, words))
+    command = remote.invoke_command(target, name, words)
+    # a person at a terminal gets a pty, as `ssh -t` would: colours, and Ctrl-C stops the remote task
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    result = remote.execute(c.config, settings, target, command, pty=interactive, env=remote.terminal_env())
     if result.exited:
         raise Exit(code=result.exited)
 

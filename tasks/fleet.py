@@ -26,14 +26,12 @@ def run(
     c: Context, task_name: str, args: str = "", hosts: str = "", tag: str = "", all: bool = False
 ) -> None:
     """Run a task on many hosts at once: output prefixed by host, then one result row per host."""
-    import shlex
-
     from tasks.core import config, fleet, remote
     from tasks.core.console import print_table
 
     settings = config.load(c.config)
     targets = remote.select(settings, hosts, tag, all)
-    results = fleet.run_task(c.config, settings, targets, task_name, shlex.split(args))
+    results = fleet.run_task(c.config, settings, targets, task_name, remote.split_words(args))
     rows = [
         (r.host, "ok" if r.ok else "failed", r.exit_code, f"{r.seconds:.1f}", r.last_error) for r in results
     ]

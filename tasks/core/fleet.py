@@ -100,7 +100,14 @@ def run_task(
         command = remote.invoke_command(target, task, words)
         try:
             result = remote.execute(
-                config, settings, target, command, out_stream=out, err_stream=err, in_stream=False
+                config,
+                settings,
+                target,
+                command,
+                out_stream=out,
+                err_stream=err,
+                in_stream=False,
+                env=remote.terminal_env(reserved=width + 3),
             )
             code, last = result.exited, _last_line(result.stderr) or _last_line(result.stdout)
         except HomelabError as exc:

@@ -7,6 +7,7 @@ as shell on the host.
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -104,16 +105,21 @@ def task_arguments(task: Any, values: Mapping[str, Any]) -> list[str]:
     return words
 
 
-def execute(config: Any, settings: Settings, target: Target, command: str, **streams: Any) -> Any:
-    """Run `command` on `target`, streaming its output (to `out_stream`/`err_stream`, or `hide`, if
-    given; our stdin goes to it unless `in_stream=False`); an invoke Result whatever the exit code.
+def terminal_env(reserved: int = 0) -> dict[str, str]:
+    """COLUMNS for the host's rich output: our terminal's width, less what we prefix to its lines."""
+    return {"COLUMNS": str(max(40, shutil.get_terminal_size().columns - reserved))}
 
-    Connection failures become a one-line HomelabError with ssh's own exit code (255)."""
+
+def execute(config: Any, settings: Settings, target: Target, command: str, **options: Any) -> Any:
+    """Run `command` on `target`, streaming its output; an invoke Result whatever the exit code.
+
+    `options` go to fabric's run (`out_stream`, `hide`, `pty`, `env`, `in_stream=False` to keep our
+    stdin to ourselves). Connection failures become a one-line HomelabError with ssh's exit code."""
     from tasks.core import ssh
 
     connection = open_connection(target, config, settings)
     try:
-        return connection.run(command, warn=True, pty=False, **streams)
+        return connection.run(command, warn=True, **{"pty": False, **options})
     except Exception as exc:
         error = ssh.describe_failure(exc, target.name)
         if error is None:
@@ -134,6 +140,14 @@ def repo_url(settings: Settings) -> str:
     if found.returncode != 0 or not found.stdout.strip():
         raise HomelabError("no repository to clone from", "set remote.repo_url in invoke.yaml")
     return found.stdout.strip()
+
+
+def split_words(text: str) -> list[str]:
+    """Task arguments typed as one string, split as a shell would (and quoted again on the way out)."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise HomelabError(f"cannot split the arguments {text!r}: {exc}", "balance the quotes") from None
 
 
 def bootstrap_command(target: Target, url: str, install: bool) -> str:

@@ -111,8 +111,8 @@ def test_task_on_a_connection_runs_inv_in_the_hosts_checkout(
     (channel,) = mock_remote.expect_sessions(Session(host="gpu.lan", user="me", port=2200, exit=0))
     ns["remote.sync"](fab_made, host=HOSTILE)
     assert connected_to(mock_remote) == ("gpu.lan", "me", 2200)
-    command = sent(channel)
-    checkout, invoked = command.split(" && ", 1)
+    environment, checkout, invoked = sent(channel).split(" && ")
+    assert environment.startswith("export COLUMNS=")
     assert checkout == "cd /srv/homelab"
     assert shlex.split(invoked)[2:] == ["invoke", "remote.sync", f"--host={HOSTILE}"]
 
@@ -141,6 +141,12 @@ def test_bootstrap_clones_or_updates_then_runs_bootstrap_sh(
         "else git clone https://git.lan/me/llm-homelab.git /srv/homelab; fi "
         "&& cd /srv/homelab && bash bootstrap.sh"
     )
+
+
+def test_unbalanced_quotes_in_fleet_args_are_one_line() -> None:
+    assert remote.split_words("'tiny llama' --force") == ["tiny llama", "--force"]
+    with pytest.raises(HomelabError, match="balance the quotes"):
+        remote.split_words("'tiny")
 
 
 def test_prefixed_lines_waits_for_whole_lines() -> None:
