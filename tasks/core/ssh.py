@@ -54,6 +54,13 @@ def connect(endpoint: Endpoint, config: Any, policy: str, known_hosts: Path, tim
         config=fabric_config(config),
         connect_timeout=int(timeout_s) or 1,
     )
+    check_host_keys(connection, policy, known_hosts)
+    return connection
+
+
+def check_host_keys(connection: Any, policy: str, known_hosts: Path) -> None:
+    """Make a not yet opened fabric Connection check the host's key against known_hosts (the ssh
+    config's UserKnownHostsFile if it names one) instead of trusting whatever key it is shown."""
     files = connection.ssh_config.get("userknownhostsfile", str(known_hosts)).split()
     known = Path(os.path.expanduser(files[0]))
     if known.exists():
@@ -61,7 +68,6 @@ def connect(endpoint: Endpoint, config: Any, policy: str, known_hosts: Path, tim
     connection.client.set_missing_host_key_policy(
         _HostKeyPolicy(accept_new=policy == "accept-new", known_hosts=known, port=connection.port)
     )
-    return connection
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -79,6 +85,7 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"unknown SSH host key for {hostname} ({key.get_name()} {key.fingerprint})",
                 f"if that is the host's key, trust it: ssh-keyscan -p {self.port} {host} >> "
                 f"{self.known_hosts} (or set remote.host_key_policy: accept-new)",
+                exit_code=255,  # as ssh exits when it refuses a host
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
         _append_line(self.known_hosts, f"{hostname} {key.get_name()} {key.get_base64()}")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from tasks.core.console import print_table  # noqa: E402
-from tests.fixtures.sshd import ROOT, cli, start_lab  # noqa: E402
+from tasks.core.console import print_table
+from tests.fixtures.sshd import ROOT, cli, start_lab
 
 TASK = "models.catalog"
 HOSTS = ["a", "b", "c"]
