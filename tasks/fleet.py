@@ -21,6 +21,7 @@ _WHICH = {
         **_WHICH,
     },
     positional=["task_name"],
+    auto_shortflags=False,  # -h would shadow --help, -l looks like --list
 )
 def run(
     c: Context, task_name: str, args: str = "", hosts: str = "", tag: str = "", all: bool = False
@@ -41,7 +42,7 @@ def run(
         raise HomelabError(f"{task_name} failed on {failed} of {len(results)} hosts", "see the table above")
 
 
-@task(help={"hosts": _WHICH["hosts"], "tag": _WHICH["tag"]})
+@task(help={"hosts": _WHICH["hosts"], "tag": _WHICH["tag"]}, auto_shortflags=False)
 def status(c: Context, hosts: str = "", tag: str = "") -> None:
     """Show every inventory host: reachable?, checkout revision, server, model, health, free disk."""
     from tasks.core import config, fleet, remote

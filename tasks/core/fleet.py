@@ -80,10 +80,19 @@ class PrefixedLines:
             self.sink.flush()
 
 
-def in_parallel(targets: Sequence[Target], work: Callable[[Target], T]) -> list[T]:
-    """`work` on every target at once, results in the targets' order."""
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+def in_parallel(
+    targets: Sequence[Target], work: Callable[[Target], T], on_interrupt: Callable[[], None] = lambda: None
+) -> list[T]:
+    """`work` on every target at once, results in the targets' order. On Ctrl-C, `on_interrupt` must
+    make the workers return (close their connections) before the interrupt goes on."""
+    pool = ThreadPoolExecutor(max_workers=max(1, len(targets)))
+    try:
         return list(pool.map(work, targets))
+    except KeyboardInterrupt:
+        on_interrupt()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_task(
@@ -92,16 +101,18 @@ def run_task(
     """Run `inv TASK WORDS` in each host's checkout in parallel, output prefixed by host."""
     width = max(len(t.name) for t in targets)
     lock = threading.Lock()
+    opened: list[Any] = []
 
     def one(target: Target) -> HostRun:
         out = PrefixedLines(target.name.ljust(width), sys.stdout, lock)
         err = PrefixedLines(target.name.ljust(width), sys.stderr, lock)
         started = time.monotonic()
         command = remote.invoke_command(target, task, words)
+        connection = remote.open_connection(target, config, settings)
+        opened.append(connection)
         try:
-            result = remote.execute(
-                config,
-                settings,
+            result = remote.run_on(
+                connection,
                 target,
                 command,
                 out_stream=out,
@@ -114,11 +125,16 @@ def run_task(
             code, last = exc.exit_code, exc.message
             err.write(f"error: {exc.message}\n")
         finally:
+            connection.close()
             out.close()
             err.close()
         return HostRun(target.name, code == 0, code, time.monotonic() - started, "" if code == 0 else last)
 
-    return in_parallel(targets, one)
+    def hang_up() -> None:  # a host's task stops when it next writes to the closed channel
+        for connection in opened:
+            connection.close()
+
+    return in_parallel(targets, one, on_interrupt=hang_up)
 
 
 def _last_line(text: str) -> str:

@@ -111,13 +111,21 @@ def terminal_env(reserved: int = 0) -> dict[str, str]:
 
 
 def execute(config: Any, settings: Settings, target: Target, command: str, **options: Any) -> Any:
-    """Run `command` on `target`, streaming its output; an invoke Result whatever the exit code.
+    """Connect to `target`, `run_on` it, disconnect."""
+    connection = open_connection(target, config, settings)
+    try:
+        return run_on(connection, target, command, **options)
+    finally:
+        connection.close()
+
+
+def run_on(connection: Any, target: Target, command: str, **options: Any) -> Any:
+    """Run `command` over `connection`, streaming its output; an invoke Result whatever the exit code.
 
     `options` go to fabric's run (`out_stream`, `hide`, `pty`, `env`, `in_stream=False` to keep our
     stdin to ourselves). Connection failures become a one-line HomelabError with ssh's exit code."""
     from tasks.core import ssh
 
-    connection = open_connection(target, config, settings)
     try:
         return connection.run(command, warn=True, **{"pty": False, **options})
     except Exception as exc:
@@ -126,8 +134,6 @@ def execute(config: Any, settings: Settings, target: Target, command: str, **opt
             raise
         error.exit_code = CONNECTION_FAILED
         raise error from None
-    finally:
-        connection.close()
 
 
 def repo_url(settings: Settings) -> str:
