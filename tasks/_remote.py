@@ -37,7 +37,11 @@ def delegate(c: Any, wrapper: Callable[..., Any], body: Callable[..., Any], args
     command = remote.invoke_command(target, name, words)
     # a person at a terminal gets a pty, as `ssh -t` would: colours, and Ctrl-C stops the remote task
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    result = remote.execute(c.config, settings, target, command, pty=interactive, env=remote.terminal_env())
+    exit_like(remote.execute(c.config, settings, target, command, pty=interactive, env=remote.terminal_env()))
+
+
+def exit_like(result: Any) -> None:
+    """A host's non-zero exit code becomes ours (its own output has already said why)."""
     if result.exited:
         raise Exit(code=result.exited)
 

@@ -18,20 +18,22 @@ _WHICH = {
     help={
         "task_name": "the task to run on each host, e.g. models.download",
         "args": 'its arguments as you would type them after `inv TASK`, e.g. "tinyllama --force"',
-        **_WHICH,
+        "hosts": _WHICH["hosts"],
+        "tag": _WHICH["tag"],
+        "all_": _WHICH["all"],
     },
     positional=["task_name"],
     auto_shortflags=False,  # -h would shadow --help, -l looks like --list
 )
 def run(
-    c: Context, task_name: str, args: str = "", hosts: str = "", tag: str = "", all: bool = False
+    c: Context, task_name: str, args: str = "", hosts: str = "", tag: str = "", all_: bool = False
 ) -> None:
     """Run a task on many hosts at once: output prefixed by host, then one result row per host."""
     from tasks.core import config, fleet, remote
     from tasks.core.console import print_table
 
     settings = config.load(c.config)
-    targets = remote.select(settings, hosts, tag, all)
+    targets = remote.select(settings, hosts, tag, all_)
     results = fleet.run_task(c.config, settings, targets, task_name, remote.split_words(args))
     rows = [
         (r.host, "ok" if r.ok else "failed", r.exit_code, f"{r.seconds:.1f}", r.last_error) for r in results

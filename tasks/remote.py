@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from invoke import Context
-from invoke.exceptions import Exit
 
+from tasks._remote import exit_like
 from tasks._task import task
 
 
@@ -23,7 +21,7 @@ def bootstrap(c: Context, host: str, install: bool = True) -> None:
     settings = config.load(c.config)
     target = remote.resolve(host, settings)
     command = remote.bootstrap_command(target, remote.repo_url(settings), install)
-    _exit_like(remote.execute(c.config, settings, target, command))
+    exit_like(remote.execute(c.config, settings, target, command))
 
 
 @task(help={"host": "inventory name (hosts: in invoke.yaml), ssh_config alias or user@host:port"})
@@ -33,7 +31,7 @@ def sync(c: Context, host: str) -> None:
 
     settings = config.load(c.config)
     target = remote.resolve(host, settings)
-    _exit_like(remote.execute(c.config, settings, target, remote.sync_command(target)))
+    exit_like(remote.execute(c.config, settings, target, remote.sync_command(target)))
 
 
 @task(help={"json": "print one JSON line (what fleet.status reads) instead of a table"})
@@ -49,9 +47,3 @@ def facts(c: Context, json: bool = False) -> None:
         print(fleet.facts_json(found))
     else:
         print_table("This host", list(asdict(found)), [list(asdict(found).values())])
-
-
-def _exit_like(result: Any) -> None:
-    """The host's exit code becomes ours (its own output already said why)."""
-    if result.exited:
-        raise Exit(code=result.exited)

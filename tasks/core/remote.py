@@ -28,7 +28,6 @@ class Target:
     endpoint: Endpoint
     checkout: str
     python: str
-    tags: tuple[str, ...] = ()
 
 
 def resolve(name: str, settings: Settings, user: str = "", port: int = 0) -> Target:
@@ -43,7 +42,6 @@ def resolve(name: str, settings: Settings, user: str = "", port: int = 0) -> Tar
         Endpoint(entry.host, entry.user, entry.port),
         entry.checkout or settings.remote.checkout,
         entry.python or settings.remote.python,
-        tuple(entry.tags),
     )
 
 

@@ -27,7 +27,7 @@ def row(table: str, host: str) -> list[str]:
 
 
 def test_fleet_run_reports_every_host_and_fails_if_one_did(ssh_lab: Lab, lab_yaml: Path) -> None:
-    done = cli("inv", lab_yaml, "fleet.run", "remote.facts", "--args=--json", "--tag", "lab")
+    done = cli("inv", lab_yaml, "fleet.run", "remote.facts", "--args=--json", "--all")
     assert done.returncode == 1
     for host in ("a", "b", "c"):
         assert re.search(rf"^{host}\s+\| .*\"revision\": \"{ssh_lab.revision(host)}\"", done.stdout, re.M)
