@@ -37,13 +37,12 @@ def sync(c: Context, host: str) -> None:
 @task(help={"json": "print one JSON line (what fleet.status reads) instead of a table"})
 def facts(c: Context, json: bool = False) -> None:
     """Show this host's checkout revision, server, model, health and free disk for models."""
-    from dataclasses import asdict
-
     from tasks.core import config, fleet
     from tasks.core.console import print_table
 
     found = fleet.local_facts(config.load(c.config))
     if json:
         print(fleet.facts_json(found))
-    else:
-        print_table("This host", list(asdict(found)), [list(asdict(found).values())])
+        return
+    row = (found.revision, found.server, found.model, found.health, f"{found.disk_free_gb:.1f} GB")
+    print_table("This host", ["revision", "server", "model", "health", "disk free"], [row])

@@ -25,6 +25,8 @@ from tasks.core.errors import HomelabError
 from tasks.core.remote import Target
 
 FACTS_TASK = "remote.facts"
+# what `server.start` leaves in server.state_dir; read as files, so the probe needs no server code
+PIDFILE, SERVED_FILE = "server.pid", "server.json"
 T = TypeVar("T")
 
 
@@ -173,12 +175,12 @@ def gather_facts(
 
 def local_facts(settings: Settings) -> HostFacts:
     """This host's facts: checkout revision, the server's pidfile and /health, free disk for models."""
-    server, pid_alive = _server_process(settings.server.state_dir)
-    health, served_model = _health(settings.server.host, settings.server.port)
-    if not pid_alive and health == "down":
-        model = f"{settings.server.model} (configured)"
-    else:
-        model = served_model or settings.server.model
+    state = settings.server.state_dir
+    server, running = _server_process(state / PIDFILE)
+    served = _read_json(state / SERVED_FILE) if running else {}  # a started server's own host/port/model
+    host, port = served.get("host", settings.server.host), served.get("port", settings.server.port)
+    health, answered_model = _health(str(host), int(port))
+    model = answered_model or str(served.get("model", "")) or f"{settings.server.model} (configured)"
     return HostFacts(_revision(), server, model, health, _free_gb(settings.models.cache_dir))
 
 
@@ -195,18 +197,29 @@ def _revision() -> str:
     return f"{head}+dirty" if git("status", "--porcelain", "--untracked-files=no") else head
 
 
-def _server_process(state_dir: Path) -> tuple[str, bool]:
-    """ "running (pid N)", "stale pidfile" or "stopped", read from the server's pidfile in state_dir."""
-    for pidfile in sorted(state_dir.glob("*.pid")) if state_dir.is_dir() else []:
-        try:
-            pid = int(pidfile.read_text().split()[0])
-            os.kill(pid, 0)
-        except (ValueError, IndexError, ProcessLookupError):
-            return "stale pidfile", False
-        except PermissionError:
-            pass
-        return f"running (pid {pid})", True
-    return "stopped", False
+def _server_process(pidfile: Path) -> tuple[str, bool]:
+    """ "running (pid N)", "stale pidfile" or "stopped", and whether it runs."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except FileNotFoundError:
+        return "stopped", False
+    except (ValueError, IndexError):
+        return "stale pidfile", False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "stale pidfile", False
+    except PermissionError:  # alive, another user's
+        pass
+    return f"running (pid {pid})", True
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _health(host: str, port: int) -> tuple[str, str]:
