@@ -46,11 +46,24 @@ def test_fleet_run_by_hosts_succeeds_when_all_do(lab_yaml: Path) -> None:
     assert row(done.stdout, "a")[1] == row(done.stdout, "c")[1] == "ok"
 
 
-def test_fleet_run_passes_exit_codes_per_host(lab_yaml: Path) -> None:
-    extra = "--extra='-k no_such_test tests/unit/test_config.py'"
-    done = cli("inv", lab_yaml, "fleet.run", "test.all", "--args", extra, "--tag", "b")
+def test_fleet_run_passes_exit_codes_per_host(ssh_lab: Lab, tmp_path: Path) -> None:
+    b = ssh_lab.hosts["b"]
+    fresh = {
+        "fresh": {
+            "host": "127.0.0.1",
+            "port": b.port,
+            "user": USER,
+            "checkout": str(b.checkout),
+            "python": "/nonexistent/python",
+        }
+    }
+    config = ssh_lab.write_config(tmp_path / "lab.yaml", extra_hosts=fresh)
+    done = cli("inv", config, "fleet.run", "models.catalog", "--hosts", "b,fresh")
     assert done.returncode == 1
-    assert row(done.stdout, "b")[1:3] == ["failed", "5"]
+    assert row(done.stdout, "b")[1:3] == ["ok", "0"]
+    failed = row(done.stdout, "fresh")
+    assert failed[1:3] == ["failed", "127"]
+    assert "/nonexistent/python" in failed[4]
 
 
 def test_fleet_status_shows_each_host_and_who_is_unreachable(ssh_lab: Lab, lab_yaml: Path) -> None:

@@ -52,11 +52,14 @@ def test_hostile_argument_arrives_as_one_word_and_runs_nothing(
     assert not pwned.exists()
 
 
-def test_remote_exit_code_becomes_fabs(lab_yaml: Path) -> None:
-    # pytest exits 5 when no test matches; test.all runs it on host a
-    done = cli("fab", lab_yaml, "-H", "a", "test.all", "--extra", "-k no_such_test tests/unit/test_config.py")
-    assert done.returncode == 5, done.stdout + done.stderr
-    assert "deselected" in done.stdout
+def test_remote_exit_code_becomes_fabs(ssh_lab: Lab, tmp_path: Path) -> None:
+    # a host whose interpreter is missing (not bootstrapped yet): its shell exits 127
+    host = ssh_lab.hosts["a"]
+    fresh = {"fresh": {"host": "127.0.0.1", "port": host.port, "user": USER, "python": "/nonexistent/python"}}
+    config = ssh_lab.write_config(tmp_path / "lab.yaml", extra_hosts=fresh, checkout=str(host.checkout))
+    done = cli("fab", config, "-H", "fresh", "models.catalog")
+    assert done.returncode == 127
+    assert "/nonexistent/python" in done.stderr
 
 
 def test_unreachable_host_is_one_line_and_ssh_exit_code(lab_yaml: Path) -> None:
