@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,10 @@ def test_hostile_argument_arrives_as_one_word_and_runs_nothing(
     done = cli("fab", lab_yaml, "-H", "a", "remote.sync", hostile)
     assert done.returncode == 255
     assert one_line(done.stderr).startswith(f"error: {hostile}: unknown host name")
+    # the same through fleet.run, whose --args is split like a shell line and quoted again per word
+    done = cli("inv", lab_yaml, "fleet.run", "remote.sync", "--args", shlex.quote(hostile), "--hosts", "a")
+    assert done.returncode == 1
+    assert f"a | error: {hostile}: unknown host name" in done.stdout + done.stderr
     assert not pwned.exists()
 
 
