@@ -2,6 +2,10 @@
 
 `fab -H a,b,c` runs hosts one after another and stops at the first failure; here every host runs at the
 same time and every host gets a result row, an unreachable one included.
+
+Why threads of our own rather than fabric's ThreadingGroup: a Group runs one command with one set of
+run() options on every host, but here each host has its own command (its checkout and interpreter
+from the inventory) and its own prefixed output streams, and needs its own timing and error row.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from tasks.core.errors import HomelabError
 from tasks.core.remote import Target
 
 FACTS_TASK = "remote.facts"
-# what `server.start` leaves in server.state_dir; read as files, so the probe needs no server code
+# what `server.start` leaves in server.state_dir (server.json: the served ServerSettings, whose model id
+# is `model_name`); read as files, so the probe needs no server code
 PIDFILE, SERVED_FILE = "server.pid", "server.json"
 T = TypeVar("T")
 
@@ -180,7 +185,7 @@ def local_facts(settings: Settings) -> HostFacts:
     served = _read_json(state / SERVED_FILE) if running else {}  # a started server's own host/port/model
     host, port = served.get("host", settings.server.host), served.get("port", settings.server.port)
     health, answered_model = _health(str(host), int(port))
-    model = answered_model or str(served.get("model", "")) or f"{settings.server.model} (configured)"
+    model = answered_model or str(served.get("model_name", "")) or f"{settings.server.model} (configured)"
     return HostFacts(_revision(), server, model, health, _free_gb(settings.models.cache_dir))
 
 

@@ -17,13 +17,21 @@ def lab_yaml(ssh_lab: Lab, tmp_path: Path) -> Path:
     return ssh_lab.write_config(tmp_path / "lab.yaml", extra_hosts=DOWN)
 
 
-def row(table: str, host: str) -> list[str]:
-    """The cells of a host's row in a rich table."""
+def rows(table: str) -> dict[str, list[str]]:
+    """The cells of each row of a rich table, by the first cell."""
+    found = {}
     for line in table.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-        if cells and cells[0] == host:
-            return cells
-    raise AssertionError(f"no row for {host} in:\n{table}")
+        if len(cells) > 1:
+            found[cells[0]] = cells
+    return found
+
+
+def row(table: str, host: str) -> list[str]:
+    """The cells of a host's row in a rich table."""
+    cells = rows(table).get(host)
+    assert cells is not None, f"no row for {host} in:\n{table}"
+    return cells
 
 
 def test_fleet_run_reports_every_host_and_fails_if_one_did(ssh_lab: Lab, lab_yaml: Path) -> None:
@@ -44,6 +52,16 @@ def test_fleet_run_by_hosts_succeeds_when_all_do(lab_yaml: Path) -> None:
     assert re.search(r"^a \| .*smollm2", done.stdout, re.M)
     assert re.search(r"^c \| .*smollm2", done.stdout, re.M)
     assert row(done.stdout, "a")[1] == row(done.stdout, "c")[1] == "ok"
+
+
+def test_fleet_run_by_tag_runs_only_the_tagged_hosts(lab_yaml: Path) -> None:
+    done = cli(
+        "inv", lab_yaml, "fleet.run", "models.catalog", "--tag", "b"
+    )  # each lab host is tagged its name
+    assert done.returncode == 0, done.stderr
+    assert row(done.stdout, "b")[1:3] == ["ok", "0"]
+    assert not re.search(r"^(a|c|down)\s+\|", done.stdout, re.M)
+    assert not {"a", "c", "down"} & rows(done.stdout).keys()
 
 
 def test_fleet_run_passes_exit_codes_per_host(ssh_lab: Lab, tmp_path: Path) -> None:

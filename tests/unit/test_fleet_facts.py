@@ -36,7 +36,7 @@ def test_running_server_reports_its_own_model_not_the_configured_one(
 ) -> None:
     (tmp_path / fleet.PIDFILE).write_text(f"{os.getpid()}\n")
     (tmp_path / fleet.SERVED_FILE).write_text(
-        json.dumps({"model": "tinyllama", "port": 1, "host": "127.0.0.1"})
+        json.dumps({"model_name": "tinyllama", "port": 1, "host": "127.0.0.1"})
     )
     facts = facts_with_state(project_config, tmp_path)
     assert facts.server == f"running (pid {os.getpid()})"
