@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ class Endpoint:
     host: str
     user: str = ""
     port: int = 0
+
+
+_KNOWN_HOSTS_WRITE = threading.Lock()  # fleet threads accepting new keys at once must not lose one
 
 
 class UnknownHostKey(HomelabError):
@@ -88,7 +92,8 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 exit_code=255,  # as ssh exits when it refuses a host
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
-        _append_line(self.known_hosts, f"{hostname} {key.get_name()} {key.get_base64()}")
+        with _KNOWN_HOSTS_WRITE:
+            _append_line(self.known_hosts, f"{hostname} {key.get_name()} {key.get_base64()}")
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -84,6 +84,17 @@ def test_fleet_run_passes_exit_codes_per_host(ssh_lab: Lab, tmp_path: Path) -> N
     assert "/nonexistent/python" in failed[4]
 
 
+def test_fleet_run_with_accept_new_records_every_hosts_key(ssh_lab: Lab, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    config = ssh_lab.write_config(
+        tmp_path / "lab.yaml", known_hosts=str(known_hosts), host_key_policy="accept-new"
+    )
+    done = cli("inv", config, "fleet.run", "remote.facts", "--all")
+    assert done.returncode == 0, done.stdout + done.stderr
+    recorded = sorted(known_hosts.read_text().splitlines())
+    assert recorded == sorted(host.host_key_line for host in ssh_lab.hosts.values())
+
+
 def test_fleet_status_shows_each_host_and_who_is_unreachable(ssh_lab: Lab, lab_yaml: Path) -> None:
     # host c's server pidfile names a live process (its sshd): the probe reads pidfiles, not names
     state = ssh_lab.hosts["c"].folder / "state"
