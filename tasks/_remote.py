@@ -35,9 +35,8 @@ def delegate(c: Any, wrapper: Callable[..., Any], body: Callable[..., Any], args
     # fab has parsed user@host:port and read ~/.ssh/config for a plain host; an inventory name is ours
     target = remote.resolve(c.original_host, settings, c.user, c.port)
     command = remote.invoke_command(target, name, words)
-    # a person at a terminal gets a pty, as `ssh -t` would: colours, and Ctrl-C stops the remote task
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    exit_like(remote.execute(c.config, settings, target, command, pty=interactive, env=remote.terminal_env()))
+    pty = remote.at_terminal()
+    exit_like(remote.execute(c.config, settings, target, command, pty=pty, env=remote.terminal_env()))
 
 
 def exit_like(result: Any) -> None:

@@ -21,7 +21,7 @@ def bootstrap(c: Context, host: str, install: bool = True) -> None:
     settings = config.load(c.config)
     target = remote.resolve(host, settings)
     command = remote.bootstrap_command(target, remote.repo_url(settings), install)
-    exit_like(remote.execute(c.config, settings, target, command))
+    exit_like(remote.execute(c.config, settings, target, command, pty=remote.at_terminal()))
 
 
 @task(help={"host": "inventory name (hosts: in invoke.yaml), ssh_config alias or user@host:port"})
@@ -31,7 +31,8 @@ def sync(c: Context, host: str) -> None:
 
     settings = config.load(c.config)
     target = remote.resolve(host, settings)
-    exit_like(remote.execute(c.config, settings, target, remote.sync_command(target)))
+    command = remote.sync_command(target)
+    exit_like(remote.execute(c.config, settings, target, command, pty=remote.at_terminal()))
 
 
 @task(help={"json": "print one JSON line (what fleet.status reads) instead of a table"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,12 @@ def task_arguments(task: Any, values: Mapping[str, Any]) -> list[str]:
         else:
             words.append(f"{flag}={value}")
     return words
+
+
+def at_terminal() -> bool:
+    """A person is at our terminal: give the host a pty, as `ssh -t` would, for colours, Ctrl-C and
+    prompts (sudo's password in bootstrap.sh, git's credentials)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def terminal_env(reserved: int = 0) -> dict[str, str]:
