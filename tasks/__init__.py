@@ -2,6 +2,6 @@
 
 from invoke import Collection
 
-from tasks import doctor, git, lint, models, server, test
+from tasks import doctor, fleet, git, lint, models, remote, server, test
 
-ns = Collection(models, server, git, test, lint, doctor)
+ns = Collection(models, server, git, test, lint, doctor, remote, fleet)

@@ -1,4 +1,5 @@
-"""The `task` decorator every namespace uses: invoke's, plus one-line errors instead of tracebacks."""
+"""The `task` decorator every namespace uses: invoke's, plus one-line errors instead of tracebacks, and
+delegation to the host's own checkout when run by `fab -H host` (see tasks/_remote.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from invoke import Task
 from invoke import task as invoke_task
 from invoke.exceptions import Exit
 
+from tasks import _remote
 from tasks.core.errors import HomelabError
 
 
@@ -17,6 +19,8 @@ def _guarded(body: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(body)
     def run(c: Any, *args: Any, **kwargs: Any) -> Any:
         try:
+            if _remote.is_connection(c):
+                return _remote.delegate(c, run, body, args, kwargs)
             return body(c, *args, **kwargs)
         except HomelabError as exc:
             raise Exit(f"error: {exc.message}", code=exc.exit_code) from None

@@ -53,9 +53,11 @@ class ServerSettings(Section):
 
 
 class HostSettings(Section):
+    """One inventory entry; empty fields fall back to ~/.ssh/config and the remote section."""
+
     host: str
     user: str = ""
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int = Field(default=0, ge=0, le=65535)
     checkout: str = ""
     python: str = ""
     tags: list[str] = []
@@ -65,6 +67,11 @@ class RemoteSettings(Section):
     checkout: str
     python: str
     host_key_policy: Literal["strict", "accept-new"]
+    known_hosts: Path
+    connect_timeout_s: float = Field(gt=0)
+    repo_url: str
+
+    _paths = field_validator("known_hosts", mode="before")(lambda v: _expand(str(v)))
 
 
 class GitSettings(Section):

@@ -523,7 +523,13 @@ def _ssh(name: str, host: config.HostSettings, settings: config.Settings) -> Cal
         timeout = settings.doctor.ssh_timeout_s
         target = f"{host.user}@{host.host}" if host.user else host.host
         command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(timeout))}"]
-        command += ["-o", f"StrictHostKeyChecking={policy}", "-p", str(host.port), target, "true"]
+        command += [
+            "-o",
+            f"StrictHostKeyChecking={policy}",
+            "-o",
+            f"UserKnownHostsFile={settings.remote.known_hosts}",
+        ]
+        command += [*(["-p", str(host.port)] if host.port else []), target, "true"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 5)
         except subprocess.TimeoutExpired:
@@ -531,9 +537,9 @@ def _ssh(name: str, host: config.HostSettings, settings: config.Settings) -> Cal
         except FileNotFoundError:
             return Outcome("fail", "no ssh client — install openssh-client")
         if done.returncode == 0:
-            return Outcome("ok", f"{target}:{host.port} reachable over SSH")
+            return Outcome("ok", f"{target} reachable over SSH")
         last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        return Outcome("fail", f"{target}:{host.port}: {last}")
+        return Outcome("fail", f"{target}: {last}")
 
     return check
 

@@ -1,0 +1,251 @@
+"""Many hosts at once: a task on each in parallel with host-prefixed output, and each host's facts.
+
+`fab -H a,b,c` runs hosts one after another and stops at the first failure; here every host runs at the
+same time and every host gets a result row, an unreachable one included.
+
+Why threads of our own rather than fabric's ThreadingGroup: a Group runs one command with one set of
+run() options on every host, but here each host has its own command (its checkout and interpreter
+from the inventory) and its own prefixed output streams, and needs its own timing and error row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from tasks.core import remote
+from tasks.core.config import PROJECT_ROOT, Settings
+from tasks.core.errors import HomelabError
+from tasks.core.remote import Target
+
+FACTS_TASK = "remote.facts"
+# what `server.start` leaves in server.state_dir (server.json: the served ServerSettings, whose model id
+# is `model_name`); read as files, so the probe needs no server code
+PIDFILE, SERVED_FILE = "server.pid", "server.json"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """How a task went on one host."""
+
+    host: str
+    ok: bool
+    exit_code: int
+    seconds: float
+    last_error: str
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What `fleet.status` shows for one host; gathered on the host itself by `remote.facts --json`."""
+
+    revision: str
+    server: str
+    model: str
+    health: str
+    disk_free_gb: float
+
+
+class PrefixedLines:
+    """A text stream that writes whole lines to `sink`, each prefixed by the host name."""
+
+    def __init__(self, prefix: str, sink: IO[str], lock: threading.Lock) -> None:
+        self.prefix = prefix
+        self.sink = sink
+        self.lock = lock
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self.partial = (self.partial + text).split("\n")
+        self._emit(lines)
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines are written as they complete; a partial line waits for its end or for `close`."""
+
+    def close(self) -> None:
+        if self.partial:
+            self._emit([self.partial])
+            self.partial = ""
+
+    def _emit(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        with self.lock:
+            self.sink.write("".join(f"{self.prefix} | {line}\n" for line in lines))
+            self.sink.flush()
+
+
+def in_parallel(
+    targets: Sequence[Target], work: Callable[[Target], T], on_interrupt: Callable[[], None] = lambda: None
+) -> list[T]:
+    """`work` on every target at once, results in the targets' order. On Ctrl-C, `on_interrupt` must
+    make the workers return (close their connections) before the interrupt goes on."""
+    pool = ThreadPoolExecutor(max_workers=max(1, len(targets)))
+    try:
+        return list(pool.map(work, targets))
+    except KeyboardInterrupt:
+        on_interrupt()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_task(
+    config: Any, settings: Settings, targets: Sequence[Target], task: str, words: list[str]
+) -> list[HostRun]:
+    """Run `inv TASK WORDS` in each host's checkout in parallel, output prefixed by host."""
+    width = max(len(t.name) for t in targets)
+    lock = threading.Lock()
+    opened: list[Any] = []
+
+    def one(target: Target) -> HostRun:
+        out = PrefixedLines(target.name.ljust(width), sys.stdout, lock)
+        err = PrefixedLines(target.name.ljust(width), sys.stderr, lock)
+        started = time.monotonic()
+        command = remote.invoke_command(target, task, words)
+        connection = remote.open_connection(target, config, settings)
+        opened.append(connection)
+        try:
+            result = remote.run_on(
+                connection,
+                target,
+                command,
+                out_stream=out,
+                err_stream=err,
+                in_stream=False,
+                env=remote.terminal_env(reserved=width + 3),
+            )
+            code, last = result.exited, _last_line(result.stderr) or _last_line(result.stdout)
+        except HomelabError as exc:
+            code, last = exc.exit_code, exc.message
+            err.write(f"error: {exc.message}\n")
+        finally:
+            connection.close()
+            out.close()
+            err.close()
+        return HostRun(target.name, code == 0, code, time.monotonic() - started, "" if code == 0 else last)
+
+    def hang_up() -> None:  # a host's task stops when it next writes to the closed channel
+        for connection in opened:
+            connection.close()
+
+    return in_parallel(targets, one, on_interrupt=hang_up)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@dataclass(frozen=True)
+class ProbeFailure:
+    """Why a host has no facts: unreachable, or its checkout could not answer."""
+
+    reachable: bool
+    problem: str
+
+
+def gather_facts(
+    config: Any, settings: Settings, targets: Sequence[Target]
+) -> list[HostFacts | ProbeFailure]:
+    """Each host's facts from one remote command per host (`inv remote.facts --json`), in parallel."""
+
+    def one(target: Target) -> HostFacts | ProbeFailure:
+        command = remote.invoke_command(target, FACTS_TASK, ["--json"])
+        try:
+            result = remote.execute(config, settings, target, command, hide=True, in_stream=False)
+        except HomelabError as exc:
+            return ProbeFailure(False, exc.message)
+        if result.exited:
+            return ProbeFailure(True, _last_line(result.stderr) or f"{FACTS_TASK} exited {result.exited}")
+        try:
+            return HostFacts(**json.loads(_last_line(result.stdout)))
+        except (ValueError, TypeError):
+            return ProbeFailure(True, f"no facts from {FACTS_TASK}: update the checkout (remote.sync)")
+
+    return in_parallel(targets, one)
+
+
+def local_facts(settings: Settings) -> HostFacts:
+    """This host's facts: checkout revision, the server's pidfile and /health, free disk for models."""
+    state = settings.server.state_dir
+    server, running = _server_process(state / PIDFILE)
+    served = _read_json(state / SERVED_FILE) if running else {}  # a started server's own host/port/model
+    host, port = served.get("host", settings.server.host), served.get("port", settings.server.port)
+    health, answered_model = _health(str(host), int(port))
+    model = answered_model or str(served.get("model_name", "")) or f"{settings.server.model} (configured)"
+    return HostFacts(_revision(), server, model, health, _free_gb(settings.models.cache_dir))
+
+
+def facts_json(facts: HostFacts) -> str:
+    return json.dumps(asdict(facts))
+
+
+def _revision() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "not a git checkout"
+    return f"{head}+dirty" if git("status", "--porcelain", "--untracked-files=no") else head
+
+
+def _server_process(pidfile: Path) -> tuple[str, bool]:
+    """ "running (pid N)", "stale pidfile" or "stopped", and whether it runs."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except FileNotFoundError:
+        return "stopped", False
+    except (ValueError, IndexError):
+        return "stale pidfile", False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "stale pidfile", False
+    except PermissionError:  # alive, another user's
+        pass
+    return f"running (pid {pid})", True
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _health(host: str, port: int) -> tuple[str, str]:
+    """The server's /health answer in a word, and the model it names if it says."""
+    import httpx
+
+    address = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    try:
+        reply = httpx.get(f"http://{address}:{port}/health", timeout=2.0)
+    except httpx.HTTPError:
+        return "down", ""
+    try:
+        body = reply.json()
+    except ValueError:
+        body = {}
+    model = str(body.get("model", "")) if isinstance(body, dict) else ""
+    return ("ok" if reply.status_code == 200 else f"unhealthy ({reply.status_code})"), model
+
+
+def _free_gb(path: Path) -> float:
+    """Free space where models live (the nearest existing folder on the way to it)."""
+    while not path.exists():
+        path = path.parent
+    return round(shutil.disk_usage(path).free / 1e9, 1)

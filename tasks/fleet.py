@@ -1,0 +1,63 @@
+"""Fleet: one task on many homelab hosts in parallel, and one status table for all of them."""
+
+from __future__ import annotations
+
+from invoke import Context
+
+from tasks._task import task
+from tasks.core.errors import HomelabError
+
+_WHICH = {
+    "hosts": "comma-separated inventory names or hosts, e.g. mac,gpu1,pi",
+    "tag": "every inventory host with this tag (hosts.NAME.tags in invoke.yaml)",
+    "all": "every host in the inventory",
+}
+
+
+@task(
+    help={
+        "task_name": "the task to run on each host, e.g. models.download",
+        "args": 'its arguments as you would type them after `inv TASK`, e.g. "tinyllama --force"',
+        "hosts": _WHICH["hosts"],
+        "tag": _WHICH["tag"],
+        "all_": _WHICH["all"],
+    },
+    positional=["task_name"],
+    auto_shortflags=False,  # -h would shadow --help, -l looks like --list
+)
+def run(
+    c: Context, task_name: str, args: str = "", hosts: str = "", tag: str = "", all_: bool = False
+) -> None:
+    """Run a task on many hosts at once: output prefixed by host, then one result row per host."""
+    from tasks.core import config, fleet, remote
+    from tasks.core.console import print_table
+
+    settings = config.load(c.config)
+    targets = remote.select(settings, hosts, tag, all_)
+    results = fleet.run_task(c.config, settings, targets, task_name, remote.split_words(args))
+    rows = [
+        (r.host, "ok" if r.ok else "failed", r.exit_code, f"{r.seconds:.1f}", r.last_error) for r in results
+    ]
+    print_table(f"fleet.run {task_name}", ["host", "result", "exit", "seconds", "last error"], rows)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        raise HomelabError(f"{task_name} failed on {failed} of {len(results)} hosts", "see the table above")
+
+
+@task(help={"hosts": _WHICH["hosts"], "tag": _WHICH["tag"]}, auto_shortflags=False)
+def status(c: Context, hosts: str = "", tag: str = "") -> None:
+    """Show every inventory host: reachable?, checkout revision, server, model, health, free disk."""
+    from tasks.core import config, fleet, remote
+    from tasks.core.console import print_table
+
+    settings = config.load(c.config)
+    targets = remote.select(settings, hosts, tag, everything=not (hosts or tag))
+    rows = []
+    for target, facts in zip(targets, fleet.gather_facts(c.config, settings, targets), strict=True):
+        if isinstance(facts, fleet.ProbeFailure):
+            rows.append((target.name, "yes" if facts.reachable else "no", "", "", "", "", "", facts.problem))
+            continue
+        free = f"{facts.disk_free_gb:.1f} GB"
+        rows.append((target.name, "yes", facts.revision, facts.server, facts.model, facts.health, free, ""))
+    columns = ["host", "reachable", "revision", "server", "model", "health", "disk free", "problem"]
+    print_table("Homelab", columns, rows)

@@ -1,0 +1,116 @@
+"""`inv fleet.run` and `inv fleet.status` against real sshd hosts, one of them unreachable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.sshd import USER, Lab, cli
+
+DOWN = {"down": {"host": "127.0.0.1", "port": 1, "user": USER, "tags": ["lab"]}}
+
+
+@pytest.fixture
+def lab_yaml(ssh_lab: Lab, tmp_path: Path) -> Path:
+    return ssh_lab.write_config(tmp_path / "lab.yaml", extra_hosts=DOWN)
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    """The cells of each row of a rich table, by the first cell."""
+    found = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if len(cells) > 1:
+            found[cells[0]] = cells
+    return found
+
+
+def row(table: str, host: str) -> list[str]:
+    """The cells of a host's row in a rich table."""
+    cells = rows(table).get(host)
+    assert cells is not None, f"no row for {host} in:\n{table}"
+    return cells
+
+
+def test_fleet_run_reports_every_host_and_fails_if_one_did(ssh_lab: Lab, lab_yaml: Path) -> None:
+    done = cli("inv", lab_yaml, "fleet.run", "remote.facts", "--args=--json", "--all")
+    assert done.returncode == 1
+    for host in ("a", "b", "c"):
+        assert re.search(rf"^{host}\s+\| .*\"revision\": \"{ssh_lab.revision(host)}\"", done.stdout, re.M)
+        assert row(done.stdout, host)[1:3] == ["ok", "0"]
+    down = row(done.stdout, "down")
+    assert down[1:3] == ["failed", "255"]
+    assert "cannot connect over SSH" in down[4]
+    assert done.stderr.strip().endswith("error: remote.facts failed on 1 of 4 hosts — see the table above")
+
+
+def test_fleet_run_by_hosts_succeeds_when_all_do(lab_yaml: Path) -> None:
+    done = cli("inv", lab_yaml, "fleet.run", "models.catalog", "--hosts", "a,c")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^a \| .*smollm2", done.stdout, re.M)
+    assert re.search(r"^c \| .*smollm2", done.stdout, re.M)
+    assert row(done.stdout, "a")[1] == row(done.stdout, "c")[1] == "ok"
+
+
+def test_fleet_run_by_tag_runs_only_the_tagged_hosts(lab_yaml: Path) -> None:
+    done = cli(
+        "inv", lab_yaml, "fleet.run", "models.catalog", "--tag", "b"
+    )  # each lab host is tagged its name
+    assert done.returncode == 0, done.stderr
+    assert row(done.stdout, "b")[1:3] == ["ok", "0"]
+    assert not re.search(r"^(a|c|down)\s+\|", done.stdout, re.M)
+    assert not {"a", "c", "down"} & rows(done.stdout).keys()
+
+
+def test_fleet_run_passes_exit_codes_per_host(ssh_lab: Lab, tmp_path: Path) -> None:
+    b = ssh_lab.hosts["b"]
+    fresh = {
+        "fresh": {
+            "host": "127.0.0.1",
+            "port": b.port,
+            "user": USER,
+            "checkout": str(b.checkout),
+            "python": "/nonexistent/python",
+        }
+    }
+    config = ssh_lab.write_config(tmp_path / "lab.yaml", extra_hosts=fresh)
+    done = cli("inv", config, "fleet.run", "models.catalog", "--hosts", "b,fresh")
+    assert done.returncode == 1
+    assert row(done.stdout, "b")[1:3] == ["ok", "0"]
+    failed = row(done.stdout, "fresh")
+    assert failed[1:3] == ["failed", "127"]
+    assert "/nonexistent/python" in failed[4]
+
+
+def test_fleet_run_with_accept_new_records_every_hosts_key(ssh_lab: Lab, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    config = ssh_lab.write_config(
+        tmp_path / "lab.yaml", known_hosts=str(known_hosts), host_key_policy="accept-new"
+    )
+    done = cli("inv", config, "fleet.run", "remote.facts", "--all")
+    assert done.returncode == 0, done.stdout + done.stderr
+    recorded = sorted(known_hosts.read_text().splitlines())
+    assert recorded == sorted(host.host_key_line for host in ssh_lab.hosts.values())
+
+
+def test_fleet_status_shows_each_host_and_who_is_unreachable(ssh_lab: Lab, lab_yaml: Path) -> None:
+    # host c's server pidfile names a live process (its sshd): the probe reads pidfiles, not names
+    state = ssh_lab.hosts["c"].folder / "state"
+    state.mkdir(exist_ok=True)
+    sshd = ssh_lab.hosts["c"].process
+    assert sshd is not None
+    (state / "server.pid").write_text(f"{sshd.pid}\n")
+    try:
+        done = cli("inv", lab_yaml, "fleet.status")
+    finally:
+        (state / "server.pid").unlink()
+    assert done.returncode == 0, done.stderr
+    for host in ("a", "b"):
+        cells = row(done.stdout, host)
+        assert cells[1:4] == ["yes", ssh_lab.revision(host), "stopped"]
+        assert cells[4:6] == ["smollm2 (configured)", "down"]
+        assert cells[6].endswith(" GB")
+    assert row(done.stdout, "c")[3] == f"running (pid {sshd.pid})"
+    assert row(done.stdout, "down")[1] == "no"
