@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +28,7 @@ from inference_server.engines.base import (
     SamplingParams,
 )
 
+_log = logging.getLogger(__name__)
 _WORKER_CHECK_S = 1.0  # how often a waiting stream checks that the worker is still alive
 
 
@@ -66,7 +68,7 @@ class MlxEngine:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._work, name="mlx-engine", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=f"mlx-engine {self.info.model}", daemon=True)
         self._thread.start()
         self._loaded.wait()
         if self._load_error is not None:
@@ -150,6 +152,7 @@ class MlxEngine:
             try:
                 self._serve(request)
             except Exception:
+                _log.exception("MLX generation failed")
                 request.send(Chunk("", "error", prompt_tokens=len(request.prompt)))
         self._cancel_queued()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -123,4 +124,28 @@ def test_a_directory_that_is_not_a_model_fails_to_start(tmp_path: Path) -> None:
     engine = MlxEngine(tmp_path, model_name="nothing", context_size=MLX_TEST_CONTEXT)
     with pytest.raises(EngineError, match=f"cannot load MLX model {tmp_path}"):
         engine.start()
+    assert not engine.healthy()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the kill
+def test_a_dead_worker_ends_streams_with_error_and_reports_unhealthy(mlx_smollm2_dir: Path) -> None:
+    """The worker is killed the way a crash would end it: an exception raised inside its thread."""
+    engine = MlxEngine(mlx_smollm2_dir, model_name="doomed", context_size=MLX_TEST_CONTEXT)
+    engine.start()
+    [worker] = [t for t in threading.enumerate() if t.name == "mlx-engine doomed"]
+    prompt = engine.render_chat([ChatMessage("user", "Write a very long essay about rivers.")])
+
+    async def run() -> list[Chunk]:
+        chunks = []
+        async for chunk in engine.generate(prompt, SamplingParams(max_tokens=200, temperature=0)):
+            chunks.append(chunk)
+            if len(chunks) == 1:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(worker.ident), ctypes.py_object(SystemExit)
+                )
+        return chunks
+
+    chunks = asyncio.run(asyncio.wait_for(run(), timeout=60))
+    worker.join(timeout=10)
+    assert chunks[-1].finish_reason == "error"
     assert not engine.healthy()
