@@ -51,7 +51,7 @@ def convert(c: Context, name: str, output: str = "", force: bool = False) -> Non
 
     settings = config.load(c.config)
     gguf = conv.find_source(name, settings.models)
-    target = Path(output).expanduser() if output else settings.models.converted_dir / Path(name).stem
+    target = Path(output).expanduser() if output else conv.default_output(name, settings.models)
     result = conv.convert_gguf(gguf, target.absolute(), force=force)
     console().print(
         f"[green]converted[/] {gguf.name} -> {result.output} "

@@ -67,6 +67,11 @@ class ConvertResult:
     size_bytes: int
 
 
+def default_output(name: str, settings: ModelsSettings) -> Path:
+    """Where `models.convert NAME` puts its result, and so where an MLX engine finds it."""
+    return settings.converted_dir / Path(name).stem
+
+
 def find_source(name: str, settings: ModelsSettings) -> Path:
     """The GGUF to convert: a path to a .gguf file, or a catalog entry's file on this machine."""
     if name.endswith(".gguf"):
