@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from tasks.core.catalog import get_entry, load_catalog
+from tasks.core.catalog import describe_size, get_entry, load_catalog
 from tasks.core.config import ModelsSettings
 from tasks.core.errors import HomelabError
 
@@ -115,11 +115,11 @@ def convert_gguf(gguf: Path, output: Path, *, force: bool = False) -> ConvertRes
     config = _model_config(meta, tensors)
     tokenizer = _build_tokenizer(meta)
     weights = _mlx_weights(tensors, config)
-    config["quantization"] = config["quantization_config"] = _quantization(weights)
-    if not config["quantization"]:
-        del config["quantization"], config["quantization_config"]
+    if quantization := _quantization(weights):
+        config.update(quantization=quantization, quantization_config=quantization)
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(output.parent, sum(w.nbytes for w in weights.values()))
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
@@ -172,8 +172,7 @@ def _model_config(meta: _Metadata, tensors: dict[str, Any]) -> dict[str, Any]:
     heads = int(meta.need("{arch}.attention.head_count"))
     hidden = int(meta.need("{arch}.embedding_length"))
     tokens = meta.need("tokenizer.ggml.tokens")
-    eos = [meta.need("tokenizer.ggml.eos_token_id")]
-    eos += [t for t in (meta.get("tokenizer.ggml.eot_token_id"),) if t is not None and t not in eos]
+    eos, eot = meta.need("tokenizer.ggml.eos_token_id"), meta.get("tokenizer.ggml.eot_token_id")
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -189,7 +188,7 @@ def _model_config(meta: _Metadata, tensors: dict[str, Any]) -> dict[str, Any]:
         "max_position_embeddings": int(meta.need("{arch}.context_length")),
         "tie_word_embeddings": "output.weight" not in tensors,
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": eos if len(eos) > 1 else eos[0],
+        "eos_token_id": [eos, eot] if eot not in (None, eos) else eos,
     }
 
 
@@ -317,6 +316,15 @@ def _tokenizer_config(meta: _Metadata) -> dict[str, Any]:
     if (template := meta.get("tokenizer.chat_template")) is not None:
         config["chat_template"] = template
     return config
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise HomelabError(
+            f"converting needs {describe_size(needed)} in {folder}, only {describe_size(free)} is free",
+            "free some space or pass --output on another disk",
+        )
 
 
 def _replace(output: Path, staging: Path) -> None:

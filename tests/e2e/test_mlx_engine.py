@@ -98,6 +98,20 @@ async def _drain(stream: AsyncIterator[Chunk]) -> list[Chunk]:
     return [chunk async for chunk in stream]
 
 
+def test_concurrent_streams_each_get_their_own_answer(mlx_engine: MlxEngine) -> None:
+    """Requests queue on the one worker thread and are served in turn; neither sees the other's text."""
+    prompt = mlx_engine.render_chat(FRANCE)
+    params = SamplingParams(max_tokens=3, temperature=0)
+
+    async def run() -> list[list[Chunk]]:
+        streams = [mlx_engine.generate(prompt, params) for _ in range(2)]
+        return await asyncio.wait_for(asyncio.gather(*map(_drain, streams)), timeout=120)
+
+    for chunks in asyncio.run(run()):
+        assert "".join(c.text for c in chunks) == "The capital of"
+        assert chunks[-1].completion_tokens == 3
+
+
 def test_close_cancels_the_request_in_flight(mlx_smollm2_dir: Path) -> None:
     engine = MlxEngine(mlx_smollm2_dir, model_name="smollm2-mlx", context_size=MLX_TEST_CONTEXT)
     engine.start()
