@@ -38,7 +38,7 @@ def catalog(c: Context) -> None:
     }
 )
 def convert(c: Context, name: str, output: str = "", force: bool = False) -> None:
-    """Convert a llama-architecture GGUF to an MLX model directory (mlx-lm).
+    """Convert a llama-architecture GGUF to an MLX model directory.
 
     Q4_0, Q4_1 and Q8_0 weights keep their exact bytes; other GGUF types become float16.
     """
