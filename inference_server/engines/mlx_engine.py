@@ -2,8 +2,9 @@
 
 On Apple Silicon this is the fast path; on Linux mlx runs on the CPU, slowly. MLX streams are
 thread-local, so the worker thread both loads the model and runs every forward pass; the event loop
-only tokenizes, queues requests and relays chunks. Requests are served one at a time, in order:
-mlx-lm's BatchGenerator could share decoding between streams, which is the next step here.
+only tokenizes, queues requests and relays chunks. Concurrent requests share forward passes through
+mlx-lm's BatchGenerator: a new request joins the running batch between two decode steps, and a
+finished or cancelled one leaves it at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class MlxEngine:
             model=model_name,
             engine="mlx",
             context_size=context_size,
-            extra={"model_dir": str(model_dir), "concurrency": "one request at a time"},
+            extra={"model_dir": str(model_dir), "concurrency": "continuous batching"},
         )
         self._model_dir = model_dir
         self._requests: queue.Queue[_Request | None] = queue.Queue()
@@ -143,57 +144,120 @@ class MlxEngine:
             self._load_error = exc
         finally:
             self._loaded.set()
-        if self._load_error is not None:
+        if self._load_error is None:
+            _Batch(self._model, self._tokenizer, self.info.context_size).run(self._requests, self._closing)
+
+
+class _Batch:
+    """Continuous batching on mlx-lm's BatchGenerator: requests join and leave between decode steps."""
+
+    def __init__(self, model: Any, tokenizer: Any, context_size: int) -> None:
+        from mlx_lm.generate import BatchGenerator
+
+        self._tokenizer = tokenizer
+        self._context_size = context_size
+        self._generator = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids])
+        self._active: dict[int, _Active] = {}
+
+    def run(self, requests: queue.Queue[_Request | None], closing: threading.Event) -> None:
+        try:
+            while not closing.is_set():
+                # Idle: sleep until a request comes. Busy: take whatever arrived, without waiting.
+                with contextlib.suppress(queue.Empty):
+                    while (request := requests.get(block=not self._active)) is not None:
+                        self._admit(request)
+                if closing.is_set():
+                    break
+                self._drop_cancelled()
+                if self._active:
+                    self._step()
+        finally:  # closed: what is left is cancelled; anything else killed the worker: an error
+            reason: FinishReason = "cancelled" if closing.is_set() else "error"
+            for active in self._active.values():
+                active.finish(reason)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if (request := requests.get_nowait()) is not None:
+                        request.send(Chunk("", reason, prompt_tokens=len(request.prompt)))
+            self._generator.close()
+
+    def _admit(self, request: _Request) -> None:
+        budget = min(request.params.max_tokens, self._context_size - len(request.prompt))
+        if budget <= 0 or not request.prompt:
+            reason: FinishReason = "length" if request.prompt else "error"
+            request.send(Chunk("", reason, prompt_tokens=len(request.prompt)))
             return
-        while (request := self._requests.get()) is not None:
-            if self._closing.is_set():
-                request.send(Chunk("", "cancelled", prompt_tokens=len(request.prompt)))
-                continue
-            try:
-                self._serve(request)
-            except Exception:
-                _log.exception("MLX generation failed")
-                request.send(Chunk("", "error", prompt_tokens=len(request.prompt)))
-        self._cancel_queued()
+        [uid] = self._generator.insert([request.prompt], [budget], samplers=[_sampler(request.params)])
+        self._active[uid] = _Active(request, self._tokenizer.detokenizer)
 
-    def _cancel_queued(self) -> None:
-        with contextlib.suppress(queue.Empty):
-            while True:
-                request = self._requests.get_nowait()
-                if request is not None:
-                    request.send(Chunk("", "cancelled", prompt_tokens=len(request.prompt)))
+    def _drop_cancelled(self) -> None:
+        gone = [uid for uid, active in self._active.items() if active.request.cancelled.is_set()]
+        if gone:
+            self._generator.remove(gone)
+            for uid in gone:
+                self._active.pop(uid).finish("cancelled")
 
-    def _serve(self, request: _Request) -> None:
-        import mlx.core as mx
-        from mlx_lm import stream_generate
-        from mlx_lm.sample_utils import make_sampler
-
-        params, prompt_tokens = request.params, len(request.prompt)
-        budget = min(params.max_tokens, self.info.context_size - prompt_tokens)
-        if budget <= 0:
-            request.send(Chunk("", "length", prompt_tokens=prompt_tokens))
+    def _step(self) -> None:
+        try:
+            _, responses = self._generator.next()
+        except Exception:
+            _log.exception("MLX generation failed")
+            self._generator.remove(list(self._active))
+            for active in self._active.values():
+                active.finish("error")
+            self._active.clear()
             return
-        if params.seed is not None:
-            mx.random.seed(params.seed)
-        sampler = make_sampler(temp=params.temperature, top_p=params.top_p if params.top_p < 1 else 0.0)
-        tokens = stream_generate(
-            self._model, self._tokenizer, mx.array(request.prompt), max_tokens=budget, sampler=sampler
-        )
-        with contextlib.closing(tokens):
-            for step in tokens:
-                if request.cancelled.is_set() or self._closing.is_set():
-                    completed = step.generation_tokens - 1
-                    request.send(
-                        Chunk("", "cancelled", prompt_tokens=prompt_tokens, completion_tokens=completed)
-                    )
-                    return
-                if step.finish_reason is None:
-                    if step.text:
-                        request.send(Chunk(step.text))
-                    continue
-                # On "stop" the last token is the end-of-sequence token: not part of the completion.
-                reason: FinishReason = "stop" if step.finish_reason == "stop" else "length"
-                completed = step.generation_tokens - (reason == "stop")
-                request.send(
-                    Chunk(step.text, reason, prompt_tokens=prompt_tokens, completion_tokens=completed)
-                )
+        for response in responses:
+            active = self._active[response.uid]
+            if response.finish_reason is None:
+                active.add(response.token)
+            elif response.finish_reason == "stop":  # the end-of-sequence token is not part of the answer
+                del self._active[response.uid]
+                active.finish("stop")
+            else:
+                del self._active[response.uid]
+                active.add(response.token, send=False)
+                active.finish("length")
+
+
+@dataclass
+class _Active:
+    """A request in the batch: its own detokenizer (a token may end mid-character) and its count."""
+
+    request: _Request
+    detokenizer: Any
+    completed: int = 0
+
+    def add(self, token: int, *, send: bool = True) -> None:
+        self.detokenizer.add_token(token)
+        self.completed += 1
+        if send and (text := self.detokenizer.last_segment):
+            self.request.send(Chunk(text))
+
+    def finish(self, reason: FinishReason) -> None:
+        self.detokenizer.finalize()
+        prompt_tokens = len(self.request.prompt)
+        text = self.detokenizer.last_segment if reason != "cancelled" else ""
+        self.request.send(Chunk(text, reason, prompt_tokens=prompt_tokens, completion_tokens=self.completed))
+
+
+def _sampler(params: SamplingParams) -> Callable[[Any], Any]:
+    """Greedy, or temperature/top-p sampling from the request's own random key: a seed reproduces
+    its answer whatever else shares the batch."""
+    import random
+
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_top_p, greedy_sampler
+
+    if params.temperature <= 0:
+        return greedy_sampler  # one shared function: mlx-lm samples an all-greedy batch in one call
+    key = mx.random.key(params.seed if params.seed is not None else random.getrandbits(63))
+
+    def sample(logprobs: Any) -> Any:
+        nonlocal key
+        key, draw = mx.random.split(key)
+        if params.top_p < 1:
+            logprobs = apply_top_p(logprobs, params.top_p)
+        return mx.random.categorical(logprobs * (1 / params.temperature), key=draw)
+
+    return sample

@@ -50,11 +50,22 @@ def test_end_of_turn_finishes_with_stop(mlx_engine: MlxEngine) -> None:
     assert (chunks[-1].finish_reason, chunks[-1].completion_tokens) == ("stop", 7)
 
 
-def test_same_seed_same_sample(mlx_engine: MlxEngine) -> None:
+def test_a_seed_reproduces_its_sample_even_beside_another_stream(mlx_engine: MlxEngine) -> None:
+    """Each request samples from its own random key, so a neighbour in the batch changes nothing."""
     params = SamplingParams(max_tokens=4, temperature=1.0, top_p=0.9, seed=1234)
     prompt = mlx_engine.render_chat([ChatMessage("user", "Tell me a story.")])
-    first, second = (collect(mlx_engine, prompt, params) for _ in range(2))
-    assert [c.text for c in first] == [c.text for c in second]
+
+    async def beside_a_neighbour() -> list[Chunk]:
+        neighbour = mlx_engine.generate(
+            mlx_engine.render_chat(FRANCE), SamplingParams(max_tokens=6, temperature=0)
+        )
+        both = await asyncio.gather(_drain(mlx_engine.generate(prompt, params)), _drain(neighbour))
+        return both[0]
+
+    alone = collect(mlx_engine, prompt, params)
+    beside = asyncio.run(asyncio.wait_for(beside_a_neighbour(), timeout=120))
+    assert "".join(c.text for c in alone) == "".join(c.text for c in beside)
+    assert alone[-1].completion_tokens == 4
 
 
 def test_prompt_longer_than_context_is_refused_before_streaming(mlx_engine: MlxEngine) -> None:
@@ -99,7 +110,7 @@ async def _drain(stream: AsyncIterator[Chunk]) -> list[Chunk]:
 
 
 def test_concurrent_streams_each_get_their_own_answer(mlx_engine: MlxEngine) -> None:
-    """Requests queue on the one worker thread and are served in turn; neither sees the other's text."""
+    """Two streams decoded in one batch; each gets exactly the answer it gets alone."""
     prompt = mlx_engine.render_chat(FRANCE)
     params = SamplingParams(max_tokens=3, temperature=0)
 
@@ -110,6 +121,34 @@ def test_concurrent_streams_each_get_their_own_answer(mlx_engine: MlxEngine) -> 
     for chunks in asyncio.run(run()):
         assert "".join(c.text for c in chunks) == "The capital of"
         assert chunks[-1].completion_tokens == 3
+
+
+def test_a_new_request_joins_the_running_batch_instead_of_waiting(mlx_engine: MlxEngine) -> None:
+    """Served in turn, the short request would wait for all 40 tokens of the long one; batched, it
+    joins between two decode steps and finishes first."""
+    essay = mlx_engine.render_chat([ChatMessage("user", "Write a very long essay about rivers.")])
+    finished: list[str] = []
+
+    async def long_request(started: asyncio.Event) -> None:
+        async for chunk in mlx_engine.generate(essay, SamplingParams(max_tokens=40, temperature=0)):
+            started.set()
+            if chunk.finish_reason is not None:
+                finished.append(f"long: {chunk.finish_reason}")
+
+    async def run() -> list[Chunk]:
+        started = asyncio.Event()
+        long_task = asyncio.create_task(long_request(started))
+        await started.wait()
+        short = await _drain(
+            mlx_engine.generate(mlx_engine.render_chat(FRANCE), SamplingParams(max_tokens=3, temperature=0))
+        )
+        finished.append(f"short: {short[-1].finish_reason}")
+        await long_task
+        return short
+
+    short = asyncio.run(asyncio.wait_for(run(), timeout=180))
+    assert finished == ["short: length", "long: length"]
+    assert "".join(c.text for c in short) == "The capital of"
 
 
 def test_close_cancels_the_request_in_flight(mlx_smollm2_dir: Path) -> None:
