@@ -129,8 +129,10 @@ def convert_gguf(gguf: Path, output: Path, *, force: bool = False) -> ConvertRes
         tokenizer.save(str(staging / "tokenizer.json"))
         (staging / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(meta), indent=2) + "\n")
         _replace(output, staging)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError | RuntimeError):  # mlx reports a failed write as RuntimeError
+            raise HomelabError(f"cannot write {output} ({exc})", "check free space and permissions") from None
         raise
     size = sum(f.stat().st_size for f in output.iterdir())
     return ConvertResult(output, len(weights), _describe_layout(weights), size)

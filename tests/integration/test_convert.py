@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -188,12 +190,19 @@ def write_gguf(path: Path, architecture: str) -> Path:
     return path
 
 
-def run_convert(*args: str) -> subprocess.CompletedProcess[str]:
+def run_convert(*args: str, max_file_bytes: int = 0) -> subprocess.CompletedProcess[str]:
+    """`inv models.convert ARGS` in a child process, whose files may be capped at max_file_bytes."""
+
+    def cap_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     return subprocess.run(
         [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "models.convert", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        preexec_fn=cap_file_size if max_file_bytes else None,
     )
 
 
@@ -224,3 +233,21 @@ def test_file_that_is_not_gguf_is_refused_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {fake}: not a readable GGUF file")
+
+
+def test_missing_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.gguf"
+    result = run_convert(str(missing), "--output", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {missing}: no such file — check the path"]
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, mlx_source_gguf: Path) -> None:
+    """The disk fills up halfway through the weights (a file size cap stands in for a full disk)."""
+    out = tmp_path / "models" / "smollm2"
+    result = run_convert(str(mlx_source_gguf), "--output", str(out), max_file_bytes=10_000_000)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write {out} (")
+    assert line.endswith("— check free space and permissions")
+    assert list(out.parent.iterdir()) == []
