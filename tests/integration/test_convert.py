@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -190,7 +191,9 @@ def write_gguf(path: Path, architecture: str) -> Path:
     return path
 
 
-def run_convert(*args: str, max_file_bytes: int = 0) -> subprocess.CompletedProcess[str]:
+def run_convert(
+    *args: str, max_file_bytes: int = 0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`inv models.convert ARGS` in a child process, whose files may be capped at max_file_bytes."""
 
     def cap_file_size() -> None:
@@ -203,7 +206,19 @@ def run_convert(*args: str, max_file_bytes: int = 0) -> subprocess.CompletedProc
         text=True,
         cwd=ROOT,
         preexec_fn=cap_file_size if max_file_bytes else None,
+        env={**os.environ, **(env or {})},
     )
+
+
+def test_catalog_name_converts_into_the_configured_directory(tmp_path: Path) -> None:
+    result = run_convert("smollm2", env={"INVOKE_MODELS_CONVERTED_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    output = tmp_path / "smollm2"
+    assert " ".join(result.stdout.split()).startswith(
+        f"converted SmolLM2-135M-Instruct.Q4_1.gguf -> {output} ("
+    )
+    assert (output / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2"]
 
 
 def test_safetensors_catalog_entry_is_refused_in_one_line() -> None:
