@@ -1,4 +1,8 @@
-"""MlxEngine on the converted SmolLM2 (mlx on CPU here: a few tokens per test)."""
+"""MlxEngine on the converted SmolLM2 (mlx on CPU here: a few tokens per test).
+
+No test double: mlx's CPU backend runs the same mlx-lm code that a Mac runs on Metal. What these
+tests cannot reach is the Metal GPU itself (and mlx-lm's wired-memory limit, a no-op on CPU).
+"""
 
 from __future__ import annotations
 
