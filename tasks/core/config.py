@@ -34,8 +34,11 @@ class ModelsSettings(Section):
     hub_endpoint: str
     hub_token: str
     free_space_margin_mb: int = Field(ge=0)
+    converted_dir: Path
 
-    _paths = field_validator("catalog", "cache_dir", mode="before")(lambda v: _expand(str(v)))
+    _paths = field_validator("catalog", "cache_dir", "converted_dir", mode="before")(
+        lambda v: _expand(str(v))
+    )
 
 
 class ServerSettings(Section):

@@ -76,6 +76,7 @@ def _models(tmp_path: Path) -> ModelsSettings:
         hub_endpoint=ENDPOINT,
         hub_token="",
         free_space_margin_mb=0,
+        converted_dir=tmp_path / "mlx",
     )
 
 

@@ -1,0 +1,263 @@
+"""The MLX engine: an mlx-lm model directory served from one worker thread.
+
+On Apple Silicon this is the fast path; on Linux mlx runs on the CPU, slowly. MLX streams are
+thread-local, so the worker thread both loads the model and runs every forward pass; the event loop
+only tokenizes, queues requests and relays chunks. Concurrent requests share forward passes through
+mlx-lm's BatchGenerator: a new request joins the running batch between two decode steps, and a
+finished or cancelled one leaves it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference_server.engines.base import (
+    ChatMessage,
+    Chunk,
+    EngineError,
+    EngineInfo,
+    FinishReason,
+    PromptTooLong,
+    SamplingParams,
+)
+
+_log = logging.getLogger(__name__)
+_WORKER_CHECK_S = 1.0  # how often a waiting stream checks that the worker is still alive
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    chunks: asyncio.Queue[Chunk] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def send(self, chunk: Chunk) -> None:
+        """Hand a chunk to the event loop; a loop that is gone means nobody is listening."""
+        try:
+            self.loop.call_soon_threadsafe(self.chunks.put_nowait, chunk)
+        except RuntimeError:
+            self.cancelled.set()
+
+
+class MlxEngine:
+    def __init__(self, model_dir: Path, *, model_name: str, context_size: int) -> None:
+        self.info = EngineInfo(
+            model=model_name,
+            engine="mlx",
+            context_size=context_size,
+            extra={"model_dir": str(model_dir), "concurrency": "continuous batching"},
+        )
+        self._model_dir = model_dir
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._loaded = threading.Event()
+        self._closing = threading.Event()
+        self._load_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._work, name=f"mlx-engine {self.info.model}", daemon=True)
+        self._thread.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise EngineError(f"cannot load MLX model {self._model_dir}: {self._load_error}")
+
+    def healthy(self) -> bool:
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and self._model is not None
+            and not self._closing.is_set()
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids as generation sees them: BOS added unless the text already starts with it."""
+        tokenizer = self._ready_tokenizer()
+        bos = tokenizer.bos_token
+        return list(tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos))))
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        tokenizer = self._ready_tokenizer()
+        if not tokenizer.chat_template:
+            raise EngineError(f"{self.info.model} has no chat template; use /v1/completions")
+        turns = [{"role": m.role, "content": m.content} for m in messages]
+        return str(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+
+    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+        """Checks run now (so a caller can answer 400 before streaming); tokens come when iterated."""
+        if not self.healthy():
+            raise EngineError("the MLX engine is not running")
+        ids = self.tokenize(prompt)
+        if len(ids) > self.info.context_size:
+            raise PromptTooLong(len(ids), self.info.context_size)
+        return self._stream(ids, params)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._requests.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    async def _stream(self, ids: list[int], params: SamplingParams) -> AsyncIterator[Chunk]:
+        request = _Request(ids, params, asyncio.get_running_loop())
+        self._requests.put(request)
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(request.chunks.get(), _WORKER_CHECK_S)
+                except TimeoutError:
+                    if self._thread is None or not self._thread.is_alive():
+                        yield Chunk("", "error", prompt_tokens=len(ids))
+                        return
+                    continue
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            request.cancelled.set()
+
+    def _ready_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise EngineError("the MLX engine is not loaded yet")
+        return self._tokenizer
+
+    def _work(self) -> None:
+        try:
+            from mlx_lm import load
+
+            loaded = load(str(self._model_dir))
+            self._model, self._tokenizer = loaded[0], loaded[1]
+        except Exception as exc:  # reported by start(), in the caller's thread
+            self._load_error = exc
+        finally:
+            self._loaded.set()
+        if self._load_error is None:
+            _Batch(self._model, self._tokenizer, self.info.context_size).run(self._requests, self._closing)
+
+
+class _Batch:
+    """Continuous batching on mlx-lm's BatchGenerator: requests join and leave between decode steps."""
+
+    def __init__(self, model: Any, tokenizer: Any, context_size: int) -> None:
+        from mlx_lm.generate import BatchGenerator
+
+        self._tokenizer = tokenizer
+        self._context_size = context_size
+        self._generator = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids])
+        self._active: dict[int, _Active] = {}
+
+    def run(self, requests: queue.Queue[_Request | None], closing: threading.Event) -> None:
+        try:
+            while not closing.is_set():
+                # Idle: sleep until a request comes. Busy: take whatever arrived, without waiting.
+                with contextlib.suppress(queue.Empty):
+                    while (request := requests.get(block=not self._active)) is not None:
+                        self._admit(request)
+                if closing.is_set():
+                    break
+                self._drop_cancelled()
+                if self._active:
+                    self._step()
+        finally:  # closed: what is left is cancelled; anything else killed the worker: an error
+            reason: FinishReason = "cancelled" if closing.is_set() else "error"
+            for active in self._active.values():
+                active.finish(reason)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if (request := requests.get_nowait()) is not None:
+                        request.send(Chunk("", reason, prompt_tokens=len(request.prompt)))
+            self._generator.close()
+
+    def _admit(self, request: _Request) -> None:
+        budget = min(request.params.max_tokens, self._context_size - len(request.prompt))
+        if budget <= 0 or not request.prompt:
+            reason: FinishReason = "length" if request.prompt else "error"
+            request.send(Chunk("", reason, prompt_tokens=len(request.prompt)))
+            return
+        [uid] = self._generator.insert([request.prompt], [budget], samplers=[_sampler(request.params)])
+        self._active[uid] = _Active(request, self._tokenizer.detokenizer)
+
+    def _drop_cancelled(self) -> None:
+        gone = [uid for uid, active in self._active.items() if active.request.cancelled.is_set()]
+        if gone:
+            self._generator.remove(gone)
+            for uid in gone:
+                self._active.pop(uid).finish("cancelled")
+
+    def _step(self) -> None:
+        try:
+            _, responses = self._generator.next()
+        except Exception:
+            _log.exception("MLX generation failed")
+            self._generator.remove(list(self._active))
+            for active in self._active.values():
+                active.finish("error")
+            self._active.clear()
+            return
+        for response in responses:
+            active = self._active[response.uid]
+            if response.finish_reason is None:
+                active.add(response.token)
+            elif response.finish_reason == "stop":  # the end-of-sequence token is not part of the answer
+                del self._active[response.uid]
+                active.finish("stop")
+            else:
+                del self._active[response.uid]
+                active.add(response.token, send=False)
+                active.finish("length")
+
+
+@dataclass
+class _Active:
+    """A request in the batch: its own detokenizer (a token may end mid-character) and its count."""
+
+    request: _Request
+    detokenizer: Any
+    completed: int = 0
+
+    def add(self, token: int, *, send: bool = True) -> None:
+        self.detokenizer.add_token(token)
+        self.completed += 1
+        if send and (text := self.detokenizer.last_segment):
+            self.request.send(Chunk(text))
+
+    def finish(self, reason: FinishReason) -> None:
+        self.detokenizer.finalize()
+        prompt_tokens = len(self.request.prompt)
+        text = self.detokenizer.last_segment if reason != "cancelled" else ""
+        self.request.send(Chunk(text, reason, prompt_tokens=prompt_tokens, completion_tokens=self.completed))
+
+
+def _sampler(params: SamplingParams) -> Callable[[Any], Any]:
+    """Greedy, or temperature/top-p sampling from the request's own random key: a seed reproduces
+    its answer whatever else shares the batch."""
+    import random
+
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_top_p, greedy_sampler
+
+    if params.temperature <= 0:
+        return greedy_sampler  # one shared function: mlx-lm samples an all-greedy batch in one call
+    key = mx.random.key(params.seed if params.seed is not None else random.getrandbits(63))
+
+    def sample(logprobs: Any) -> Any:
+        nonlocal key
+        key, draw = mx.random.split(key)
+        if params.top_p < 1:
+            logprobs = apply_top_p(logprobs, params.top_p)
+        return mx.random.categorical(logprobs * (1 / params.temperature), key=draw)
+
+    return sample
