@@ -14,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-Kind = Literal["invalid_request", "authentication", "not_found", "overloaded", "context_length", "server"]
+Kind = Literal[
+    "invalid_request", "authentication", "not_found", "no_route", "overloaded", "context_length", "server"
+]
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,12 @@ _SHAPES: dict[Kind, _Shape] = {
     ),
     "authentication": _Shape(401, "invalid_request_error", "invalid_api_key", "authentication_error"),
     "not_found": _Shape(404, "invalid_request_error", "model_not_found", "not_found_error"),
+    "no_route": _Shape(404, "invalid_request_error", None, "not_found_error"),
     "overloaded": _Shape(503, "server_error", "overloaded", "overloaded_error"),
     "server": _Shape(500, "server_error", None, "api_error"),
 }
 
-_STATUS_KINDS: dict[int, Kind] = {401: "authentication", 404: "not_found", 503: "overloaded"}
+_STATUS_KINDS: dict[int, Kind] = {401: "authentication", 404: "no_route", 405: "no_route", 503: "overloaded"}
 
 
 class ApiError(Exception):
