@@ -282,6 +282,21 @@ def test_client_disconnect_mid_stream_frees_the_slot(inference_server: RunningSe
     assert metric(inference_server, "homelab_completion_tokens_total") - generated_before < 500
 
 
+def test_client_giving_up_on_a_non_streamed_answer_frees_the_slot(inference_server: RunningServer) -> None:
+    request = {"model": "smollm2", "max_tokens": 1500, "messages": LONG_ANSWER}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{inference_server.url}/v1/chat/completions",
+            json=request,
+            headers=auth(inference_server),
+            timeout=1,
+        )
+    deadline = time.monotonic() + 10
+    while metric(inference_server, "homelab_active_requests") > 0:
+        assert time.monotonic() < deadline, "the slot was not freed after the client left"
+        time.sleep(0.1)
+
+
 def test_metrics_count_requests_and_tokens(inference_server: RunningServer, oai: openai.OpenAI) -> None:
     oai.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=2)
     text = get(f"{inference_server.url}/metrics", headers=auth(inference_server)).text
