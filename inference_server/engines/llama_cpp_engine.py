@@ -32,6 +32,7 @@ from inference_server.engines.base import (
     SamplingParams,
 )
 from inference_server.engines.chat_template import ChatTemplate
+from inference_server.engines.prefix_store import PrefixStore, SavedPrefix, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ BATCH_TOKENS = 2048
 MICRO_BATCH_TOKENS = 512
 # A free slot is reused for its cached prefix only when that prefix covers this share of the prompt.
 SLOT_SIMILARITY = 0.5
+# A slot about to lose at least this many cached tokens is saved to the prefix store first.
+MIN_SAVED_TOKENS = 256
 
 
 class WorkerDied(EngineError):
@@ -79,15 +82,6 @@ class _Slot:
     cached_tokens: int = 0
     completion_tokens: int = 0
     last_used: int = 0
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _deliver(items: list[tuple[_Request, Chunk]]) -> None:
@@ -269,6 +263,7 @@ class _Worker:
         self.waiting: list[_Request] = []
         self.outbox: list[tuple[_Request, Chunk]] = []
         self.pieces: dict[int, bytes] = {}
+        self.store = PrefixStore(engine.prefix_cache_bytes)
         self.clock = itertools.count(1)
 
         engine.info.extra["n_ctx_seq"] = str(self.n_ctx_seq)
@@ -337,7 +332,13 @@ class _Worker:
             if request.cancelled:
                 continue
             slot = self._pick_slot(free, request.tokens)
-            keep = min(_common_prefix(slot.cached, request.tokens), len(request.tokens) - 1)
+            keep = common_prefix(slot.cached, request.tokens)
+            saved, shared = self.store.best(request.tokens)
+            if len(slot.cached) - keep >= MIN_SAVED_TOKENS:
+                self._save(slot)
+            if saved is not None and shared > keep:
+                keep = self._restore(slot, saved, shared)
+            keep = min(keep, len(request.tokens) - 1)
             if not self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1):
                 self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
                 keep = 0
@@ -351,13 +352,33 @@ class _Worker:
             slot.sampler = self._sampler(request.params)
             slot.last_used = next(self.clock)
 
+    def _save(self, slot: _Slot) -> None:
+        """Copy a slot's sequence state into the prefix store before it is overwritten."""
+        size = self.ll.llama_state_seq_get_size(self.ctx, slot.seq_id)
+        if not self.store.fits(size):
+            return
+        state = (ctypes.c_uint8 * size)()
+        if self.ll.llama_state_seq_get_data(self.ctx, state, size, slot.seq_id) == size:
+            self.store.put(SavedPrefix(tuple(slot.cached), state, size))
+
+    def _restore(self, slot: _Slot, saved: SavedPrefix, shared: int) -> int:
+        """Load a saved prefix into a slot; how many of its tokens the request can keep."""
+        self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        self.store.pop(saved)
+        if self.ll.llama_state_seq_set_data(self.ctx, saved.state, saved.size, slot.seq_id) == 0:
+            self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            slot.cached = []
+            return 0
+        slot.cached = list(saved.tokens)
+        return shared
+
     @staticmethod
     def _pick_slot(free: list[_Slot], tokens: list[int]) -> _Slot:
         """The free slot sharing the longest prefix, if that is a real share of the prompt (as
         llama-server's slot similarity); otherwise the least recently used one, so a short unrelated
         prompt does not evict a long prefix that its owner will send again."""
-        best = max(free, key=lambda s: (_common_prefix(s.cached, tokens), -s.last_used))
-        if _common_prefix(best.cached, tokens) >= SLOT_SIMILARITY * len(tokens):
+        best = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
+        if common_prefix(best.cached, tokens) >= SLOT_SIMILARITY * len(tokens):
             return best
         return min(free, key=lambda s: s.last_used)
 

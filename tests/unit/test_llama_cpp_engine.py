@@ -166,3 +166,28 @@ def test_worker_death_turns_health_off_and_ends_streams_with_error() -> None:
             asyncio.run(collect(engine, ask(engine, "Hi")))
     finally:
         engine.close()
+
+
+def test_prefix_evicted_from_its_slot_is_restored_from_the_prefix_store() -> None:
+    engine = make_engine(slots=1, context_size=2048)
+
+    def conversation(topic: str) -> list[ChatMessage]:
+        rules = " ".join(f"Rule {i}: only talk about {topic}." for i in range(60))
+        return [ChatMessage("system", rules), ChatMessage("user", f"Tell me about {topic}.")]
+
+    async def scenario() -> tuple[Chunk, Chunk]:
+        boats = await collect(engine, engine.render_chat(conversation("boats")))
+        await collect(engine, engine.render_chat(conversation("trains")))  # takes the only slot
+        again = [
+            *conversation("boats"),
+            ChatMessage("assistant", text_of(boats)),
+            ChatMessage("user", "More?"),
+        ]
+        return boats[-1], (await collect(engine, engine.render_chat(again)))[-1]
+
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        engine.close()
+    assert first.prompt_tokens > 256
+    assert second.cached_tokens >= first.prompt_tokens
