@@ -101,6 +101,11 @@ def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status
             f"a server is already running (pid {running.pid}) at {running.url}",
             "stop it first: inv server.stop (or inv server.restart)",
         )
+    if not _port_free(served.host, served.port):
+        raise HomelabError(
+            f"port {served.port} on {served.host} is already in use",
+            "pick another with --port, or stop what uses it",
+        )
     files.folder.mkdir(parents=True, exist_ok=True)
     _write_private(files.settings, served.model_dump_json(indent=2))
     with files.log.open("wb") as log:
@@ -269,6 +274,17 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) 
             return f"the server is unhealthy: {answer.get('detail')}"
         time.sleep(0.25)
     return f"the server did not become healthy within {timeout_s:g} s"
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        socket.create_server((host, port), family=family).close()
+    except OSError:
+        return False
+    return True
 
 
 def _read_pid(files: StateFiles) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,3 +41,12 @@ def test_claude_env_points_at_the_server_with_claude_names(project_config: dict[
         "ANTHROPIC_MODEL": "claude-sonnet-4-6",
         "ANTHROPIC_SMALL_FAST_MODEL": "claude-haiku-4-5",
     }
+
+
+def test_start_refuses_a_port_in_use_before_spawning(project_config: dict[str, Any], tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        served = core.served_settings(config.validate(project_config), port=port)
+        with pytest.raises(HomelabError, match=f"port {port} on 127.0.0.1 is already in use"):
+            core.start(served, core.StateFiles(tmp_path), timeout_s=5)
+    assert not (tmp_path / "server.pid").exists()
