@@ -175,11 +175,12 @@ def health(c: Context) -> None:
     from tasks.core import server as core
     from tasks.core.errors import HomelabError
 
-    served = core.current(_files(c), _served(c))
-    code, answer = core.health(core.client_url(served))
+    url = core.client_url(core.current(_files(c), _served(c)))
+    code, answer = core.health(url)
     if code != 200:
-        raise HomelabError(f"{core.client_url(served)}: {answer.get('detail') or answer.get('status')}")
-    print(f"ok: {answer['model']} on {answer['engine']} at {core.client_url(served)}")
+        fix = "start it: inv server.start" if code == 0 else "see inv server.logs"
+        raise HomelabError(f"{url}: {answer.get('detail') or answer.get('status')}", fix)
+    print(f"ok: {answer['model']} on {answer['engine']} at {url}")
 
 
 @task(help={"prompt": "what to ask", "max_tokens": "cap on the answer's length (0 = until the model stops)"})

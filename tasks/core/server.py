@@ -20,11 +20,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inference_server import settings as served_file
-from inference_server.settings import ServerSettings
 from tasks.core import catalog, store
 from tasks.core.config import PROJECT_ROOT, Settings
 from tasks.core.errors import HomelabError
+
+# `inv` puts only tasks/ on sys.path; without `pip install -e .` the server package beside it is
+# found through the checkout itself (appended, so an installed copy still wins).
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.append(str(PROJECT_ROOT))
+
+from inference_server import settings as served_file
+from inference_server.settings import ServerSettings
 
 SHUTDOWN_MARGIN_S = 5.0  # after the grace period the engine still has to stop its worker
 
@@ -179,7 +185,7 @@ def health(url: str) -> tuple[int, dict[str, Any]]:
     try:
         response = httpx.get(f"{url}/health", timeout=3)
     except httpx.HTTPError as exc:
-        return 0, {"status": "down", "detail": f"no answer at {url} ({type(exc).__name__})"}
+        return 0, {"status": "down", "detail": f"no answer ({type(exc).__name__})"}
     try:
         return response.status_code, response.json()
     except ValueError:

@@ -7,6 +7,7 @@ import json
 import re
 import time
 from functools import partial
+from typing import Any
 
 import anthropic
 import httpx
@@ -21,6 +22,7 @@ get = partial(httpx.get, timeout=TIMEOUT)
 post = partial(httpx.post, timeout=TIMEOUT)
 open_stream = partial(httpx.stream, timeout=TIMEOUT)
 LONG_ANSWER = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
+SYSTEM = "You are a helpful assistant for a homelab. " * 40  # long enough that reuse is plain to see
 
 
 @pytest.fixture
@@ -90,6 +92,43 @@ def test_openai_completion_ends_at_stop_string(oai: openai.OpenAI) -> None:
     assert cut.choices[0].text == full.text[: full.text.index(stop)]
 
 
+def test_openai_completion_streams_text_then_usage(oai: openai.OpenAI) -> None:
+    chunks = list(
+        oai.completions.create(
+            model="smollm2",
+            prompt="The three primary colours are",
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (
+        ["stop"],
+        ["length"],
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert 0 < chunks[-1].usage.completion_tokens <= 6
+
+
+def test_same_seed_samples_the_same_answer(oai: openai.OpenAI) -> None:
+    def sample(seed: int) -> str | None:
+        reply = oai.chat.completions.create(
+            model="smollm2", messages=LONG_ANSWER, max_tokens=12, temperature=1.0, top_p=0.95, seed=seed
+        )
+        return reply.choices[0].message.content
+
+    assert sample(7) == sample(7)
+
+
+def test_repeated_prompt_reports_cached_prefix_tokens(oai: openai.OpenAI) -> None:
+    messages = [{"role": "system", "content": SYSTEM}, *QUESTION]
+    oai.chat.completions.create(model="smollm2", messages=messages, max_tokens=2, temperature=0)
+    again = oai.chat.completions.create(model="smollm2", messages=messages, max_tokens=2, temperature=0)
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details.cached_tokens >= 0.9 * again.usage.prompt_tokens
+
+
 def test_anthropic_message_reports_stop_reason_and_usage(claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(
         model="claude-haiku-4-5",
@@ -102,6 +141,45 @@ def test_anthropic_message_reports_stop_reason_and_usage(claude: anthropic.Anthr
     assert message.model == "claude-haiku-4-5"
     assert message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0) > 0
     assert 0 < message.usage.output_tokens <= 6
+
+
+def test_anthropic_message_ends_at_a_stop_sequence(claude: anthropic.Anthropic) -> None:
+    greedy = {"temperature": 0}  # this SDK no longer has the argument; Claude Code still sends it
+
+    def answer(**extra: Any) -> anthropic.types.Message:
+        return claude.messages.create(
+            model="smollm2", max_tokens=16, messages=QUESTION, extra_body=greedy, **extra
+        )
+
+    full = answer()
+    assert full.content[0].type == "text"
+    words = full.content[0].text.split()
+    assert len(words) >= 3, full.content[0].text
+    stop = words[2]
+    cut = answer(stop_sequences=[stop])
+    assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", stop)
+    assert cut.content[0].type == "text"
+    assert cut.content[0].text == full.content[0].text[: full.content[0].text.index(stop)]
+
+
+def test_billing_header_line_does_not_count_or_break_the_prefix_cache(claude: anthropic.Anthropic) -> None:
+    """Claude Code's first system line changes every request; stripped, the rest is served from cache."""
+
+    def system(billing: str) -> list[anthropic.types.TextBlockParam]:
+        return [
+            {"type": "text", "text": f"x-anthropic-billing-header: cc_version=2; cch={billing};\n{SYSTEM}"}
+        ]
+
+    plain = claude.messages.count_tokens(model="smollm2", system=SYSTEM, messages=QUESTION)
+    headed = claude.messages.count_tokens(model="smollm2", system=system("a1"), messages=QUESTION)
+    assert headed.input_tokens == plain.input_tokens
+    claude.messages.create(model="claude-haiku-4-5", max_tokens=2, system=system("b2"), messages=QUESTION)
+    second = claude.messages.create(
+        model="claude-haiku-4-5", max_tokens=2, system=system("c3"), messages=QUESTION
+    )
+    cached = second.usage.cache_read_input_tokens or 0
+    assert cached >= 0.9 * plain.input_tokens
+    assert second.usage.input_tokens + cached == plain.input_tokens
 
 
 def test_anthropic_stream_through_the_sdk(claude: anthropic.Anthropic) -> None:
@@ -118,12 +196,15 @@ def test_anthropic_stream_sends_the_exact_event_sequence(inference_server: Runni
     with open_stream(
         "POST", f"{inference_server.url}/v1/messages?beta=true", json=request, headers=auth(inference_server)
     ) as response:
-        events = [
-            line.removeprefix("event: ") for line in response.iter_lines() if line.startswith("event: ")
-        ]
+        lines = list(response.iter_lines())
+    events = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    data = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
     assert events[:3] == ["message_start", "content_block_start", "ping"]
     assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(events[3:-3]) == {"content_block_delta"}
+    assert [d["type"] for d in data] == events
+    assert data[-2]["delta"]["stop_reason"] in ("end_turn", "max_tokens")
+    assert 0 < data[-2]["usage"]["output_tokens"] <= 5
 
 
 def test_anthropic_accepts_tools_images_and_unknown_fields(inference_server: RunningServer) -> None:
@@ -248,9 +329,8 @@ def test_full_queue_answers_503_with_retry_after(inference_server: RunningServer
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
             streams = [client.stream("POST", "/v1/chat/completions", json=request) for _ in range(2)]
             opened = [await s.__aenter__() for s in streams]
-            waiting = asyncio.create_task(
-                client.post("/v1/chat/completions", json={**request, "stream": False})
-            )
+            queued = {**request, "stream": False, "max_tokens": 4}
+            waiting = asyncio.create_task(client.post("/v1/chat/completions", json=queued))
             while metric(inference_server, "homelab_queue_depth") < 1:
                 await asyncio.sleep(0.05)
             refused = await client.post("/v1/chat/completions", json=request)
@@ -297,9 +377,14 @@ def test_client_giving_up_on_a_non_streamed_answer_frees_the_slot(inference_serv
         time.sleep(0.1)
 
 
-def test_metrics_count_requests_and_tokens(inference_server: RunningServer, oai: openai.OpenAI) -> None:
+def test_metrics_count_requests_tokens_and_errors(
+    inference_server: RunningServer, oai: openai.OpenAI
+) -> None:
     oai.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=2)
+    post(f"{inference_server.url}/v1/messages", json={}, headers={"x-api-key": "wrong"})
     text = get(f"{inference_server.url}/metrics", headers=auth(inference_server)).text
     assert re.search(r'homelab_requests_total\{path="/v1/chat/completions",status="200"\} [1-9]', text)
+    assert re.search(r'homelab_errors_total\{kind="authentication"\} [1-9]', text)
+    assert re.search(r"^homelab_queue_depth 0", text, re.MULTILINE)
     assert metric(inference_server, "homelab_prompt_tokens_total") > 0
     assert metric(inference_server, "homelab_time_to_first_token_seconds_count") > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -61,6 +62,64 @@ def test_start_refuses_a_second_start_and_stop_removes_the_pidfile(task_env: dic
     assert f"stopped (pid {pid})" in stopped.stdout
     assert not pidfile.exists()
     assert "no server running" in inv(task_env, "server.status").stdout
+
+
+def test_client_tasks_talk_to_the_running_server(task_env: dict[str, str]) -> None:
+    """health, chat, logs --follow, claude and restart against a server that server.start left running."""
+    url = f"http://127.0.0.1:{task_env['INVOKE_SERVER_PORT']}"
+    assert inv(task_env, "server.start").returncode == 0
+    assert inv(task_env, "server.health").stdout.startswith(f"ok: smollm2 on llama_cpp at {url}")
+
+    follower = subprocess.Popen(
+        [*INV, "server.logs", "--follow"], cwd=PROJECT_ROOT, env=task_env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        answer = inv(task_env, "server.chat", "What is a homelab?", "--max-tokens", "8")
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.strip()
+        assert _read_until(follower, '"POST /v1/chat/completions HTTP/1.1" 200')
+    finally:
+        follower.terminate()
+        follower.wait(timeout=TIMEOUT)
+
+    exports = inv(task_env, "server.claude", "--print-only").stdout.splitlines()
+    assert f"export ANTHROPIC_BASE_URL={url}" in exports
+    assert "export ANTHROPIC_SMALL_FAST_MODEL=claude-haiku-4-5" in exports
+
+    pidfile = Path(task_env["INVOKE_SERVER_STATE_DIR"]) / "server.pid"
+    first_pid = pidfile.read_text()
+    assert inv(task_env, "server.restart").returncode == 0
+    assert pidfile.read_text() != first_pid
+    assert inv(task_env, "server.health").returncode == 0
+
+    assert inv(task_env, "server.stop").returncode == 0
+    down = inv(task_env, "server.health")
+    assert down.returncode != 0
+    assert down.stderr.startswith(f"error: {url}: no answer") and "Traceback" not in down.stderr
+
+
+def test_run_serves_in_the_foreground_until_interrupted(task_env: dict[str, str]) -> None:
+    url = f"http://127.0.0.1:{task_env['INVOKE_SERVER_PORT']}"
+    output = Path(task_env["INVOKE_SERVER_STATE_DIR"]).parent / "run.log"
+    with output.open("w") as sink:
+        server = subprocess.Popen(
+            [*INV, "server.run"], cwd=PROJECT_ROOT, env=task_env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while core.health(url)[0] != 200:
+            assert server.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, "server.run never became healthy"
+            time.sleep(0.2)
+        assert not (Path(task_env["INVOKE_SERVER_STATE_DIR"]) / "server.pid").exists()
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=TIMEOUT) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert "Application shutdown complete" in output.read_text()
+    assert core.health(url)[0] == 0
 
 
 def test_start_refuses_to_bind_off_loopback_without_a_key(task_env: dict[str, str]) -> None:
@@ -154,3 +213,19 @@ def _status(client: httpx.Client) -> int:
         return client.get("/health").status_code
     except httpx.TransportError:
         return 0
+
+
+def _read_until(process: subprocess.Popen[str], wanted: str) -> bool:
+    """True once a line containing `wanted` arrives on the process's stdout (within TIMEOUT)."""
+    assert process.stdout is not None
+    found = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if wanted in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    return found.wait(TIMEOUT)
