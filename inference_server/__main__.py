@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from inference_server import settings as server_settings
+from inference_server.engines.base import EngineError
 
 
 def serve(settings: server_settings.ServerSettings) -> None:
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError) as exc:
         print(f"error: {args.settings}: {_one_line(exc)}", file=sys.stderr)
         return 2
-    serve(settings)
+    try:
+        serve(settings)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from inference_server.admission import Admission
-from inference_server.engines.base import Engine
+from inference_server.engines.base import Engine, EngineError
 from inference_server.errors import ApiError
 from inference_server.generation import Generation
 from inference_server.metrics import Metrics
@@ -34,6 +34,10 @@ class Runtime:
         """Start the engine (blocking; runs on a helper thread while /health answers 503)."""
         try:
             self.engine.start()
+        except EngineError as exc:  # expected (a bad file, too little memory): one line says it
+            self.load_error = str(exc)
+            log.error("loading %s failed: %s", self.settings.model_path, exc)
+            return
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("loading %s failed", self.settings.model_path)

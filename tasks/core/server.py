@@ -30,6 +30,8 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.append(str(PROJECT_ROOT))
 
 from inference_server import settings as served_file
+from inference_server.engines import factory
+from inference_server.engines.base import EngineError
 from inference_server.settings import ServerSettings
 
 SHUTDOWN_MARGIN_S = 5.0  # after the grace period the engine still has to stop its worker
@@ -72,7 +74,7 @@ def served_settings(settings: Settings, **flags: Any) -> ServerSettings:
             f"model '{entry.name}' is not on this machine", f"run `inv models.download {entry.name}`"
         )
     try:
-        return ServerSettings(
+        served = ServerSettings(
             model_name=entry.name,
             model_path=path if entry.format == "gguf" else path.parent,
             model_format=entry.format,
@@ -92,6 +94,11 @@ def served_settings(settings: Settings, **flags: Any) -> ServerSettings:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise HomelabError(str(first["msg"]).removeprefix("Value error, ")) from None
+    try:
+        factory.choose(served)
+    except EngineError as exc:
+        raise HomelabError(f"model '{entry.name}': {exc}", "pick another --engine (or auto)") from None
+    return served
 
 
 def client_url(served: ServerSettings) -> str:

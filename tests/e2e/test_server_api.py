@@ -309,10 +309,14 @@ def test_validation_errors_are_400_in_the_apis_envelope(inference_server: Runnin
     assert bad_openai.status_code == 400 and bad_openai.json()["error"]["message"].startswith("messages")
 
 
-def test_model_list_offers_claude_names_claude_code_keeps(claude: anthropic.Anthropic) -> None:
+def test_model_list_offers_claude_names_claude_code_keeps(
+    claude: anthropic.Anthropic, oai: openai.OpenAI
+) -> None:
     ids = [model.id for model in claude.models.list(limit=1000)]
-    assert "smollm2" in ids
-    assert any(i.startswith("claude") and "haiku" in i for i in ids)
+    assert ids[0] == "smollm2"
+    assert {"claude-sonnet-4-6", "claude-haiku-4-5"} <= set(ids)  # the main and the small/fast tier
+    assert "claude-*" not in ids  # patterns are accepted, not listed
+    assert [model.id for model in oai.models.list()] == ids
 
 
 def test_unknown_model_is_404_naming_the_served_ones(oai: openai.OpenAI) -> None:

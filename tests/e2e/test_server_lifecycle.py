@@ -19,6 +19,7 @@ import pytest
 from inference_server.app import create_app
 from tasks.core import server as core
 from tasks.core.config import PROJECT_ROOT
+from tasks.core.errors import HomelabError
 from tests.fixtures.server import free_port, settings_for_test
 
 INV = [sys.executable, "-m", "invoke"]
@@ -120,6 +121,18 @@ def test_run_serves_in_the_foreground_until_interrupted(task_env: dict[str, str]
             server.wait()
     assert "Application shutdown complete" in output.read_text()
     assert core.health(url)[0] == 0
+
+
+def test_start_of_a_model_that_fails_to_load_shows_the_log_and_cleans_up(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a GGUF file\n" * 64)
+    settings = settings_for_test().model_copy(update={"model_path": broken})
+    files = core.StateFiles(tmp_path / "state")
+    with pytest.raises(HomelabError, match="the server is unhealthy: loading failed") as raised:
+        core.start(settings, files, timeout_s=TIMEOUT)
+    assert "the server log ends with" in str(raised.value) and "broken.gguf" in str(raised.value)
+    assert not files.pidfile.exists()
+    assert core.health(settings.url)[0] == 0
 
 
 def test_start_refuses_to_bind_off_loopback_without_a_key(task_env: dict[str, str]) -> None:

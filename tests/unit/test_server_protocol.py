@@ -155,3 +155,21 @@ def test_settings_round_trip_through_json(tmp_path: Path) -> None:
     settings = ServerSettings.model_validate(SETTINGS)
     (tmp_path / "s.json").write_text(settings.model_dump_json())
     assert load(tmp_path / "s.json") == settings
+
+
+def test_health_and_the_apis_answer_503_until_the_model_is_loaded() -> None:
+    """The real app before its startup has run: the engine exists but has not loaded the model."""
+    from fastapi.testclient import TestClient
+
+    from inference_server.app import create_app
+
+    client = TestClient(create_app(ServerSettings.model_validate(SETTINGS)))
+    health = client.get("/health")
+    assert (health.status_code, health.json()["status"]) == (503, "loading")
+    question = {"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    refused = client.post("/v1/messages", json=question)
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
+    assert refused.json()["error"] == {
+        "type": "overloaded_error",
+        "message": "not ready: the model is still loading",
+    }

@@ -32,6 +32,13 @@ def test_off_loopback_without_key_is_one_line(project_config: dict[str, Any]) ->
         core.served_settings(config.validate(project_config), host="0.0.0.0")
 
 
+def test_engine_that_cannot_load_the_model_is_refused_before_starting(
+    project_config: dict[str, Any],
+) -> None:
+    with pytest.raises(HomelabError, match=r"^model 'smollm2': the mlx engine needs an MLX model directory"):
+        core.served_settings(config.validate(project_config), engine="mlx")
+
+
 def test_claude_env_points_at_the_server_with_claude_names(project_config: dict[str, Any]) -> None:
     served = core.served_settings(config.validate(project_config), host="0.0.0.0", api_key="k")
     env = core.claude_env(served, "claude-sonnet-4-6", "claude-haiku-4-5")
