@@ -248,10 +248,17 @@ def test_count_tokens_grows_with_the_prompt(claude: anthropic.Anthropic) -> None
     assert 0 < short.input_tokens < longer.input_tokens
 
 
-def test_anthropic_context_overflow_says_prompt_is_too_long(claude: anthropic.Anthropic) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_context_overflow_says_prompt_is_too_long(
+    claude: anthropic.Anthropic, stream: bool
+) -> None:
+    """Claude Code streams; the refusal must still be a 400 before any event, not an error event."""
     with pytest.raises(anthropic.BadRequestError) as raised:
         claude.messages.create(
-            model="smollm2", max_tokens=4, messages=[{"role": "user", "content": "word " * 3000}]
+            model="smollm2",
+            max_tokens=4,
+            messages=[{"role": "user", "content": "word " * 3000}],
+            stream=stream,
         )
     assert re.fullmatch(
         r"prompt is too long: \d+ tokens > \d+ maximum", raised.value.body["error"]["message"]
@@ -303,6 +310,14 @@ def test_validation_errors_are_400_in_the_apis_envelope(inference_server: Runnin
     url, headers = inference_server.url, auth(inference_server)
     bad_anthropic = post(f"{url}/v1/messages", json={"model": "smollm2", "messages": []}, headers=headers)
     bad_openai = post(f"{url}/v1/chat/completions", json={"model": "smollm2"}, headers=headers)
+    not_json = post(f"{url}/v1/messages", content=b"{not json", headers=headers)
+    too_hot = post(
+        f"{url}/v1/chat/completions",
+        json={"model": "smollm2", "messages": QUESTION, "temperature": 5},
+        headers=headers,
+    )
+    assert not_json.status_code == 400 and not_json.json()["type"] == "error"
+    assert too_hot.status_code == 400 and too_hot.json()["error"]["message"].startswith("temperature")
     assert (
         bad_anthropic.status_code == 400 and bad_anthropic.json()["error"]["type"] == "invalid_request_error"
     )

@@ -135,6 +135,23 @@ def test_start_of_a_model_that_fails_to_load_shows_the_log_and_cleans_up(tmp_pat
     assert core.health(settings.url)[0] == 0
 
 
+def test_claude_task_launches_claude_with_the_servers_environment(
+    task_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Claude Code (a Node program that bootstrap.sh does not install, interactive once launched) is
+    replaced by a stand-in `claude` on PATH that prints the environment it was launched with."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "claude").write_text(
+        '#!/bin/sh\necho "$ANTHROPIC_BASE_URL $ANTHROPIC_MODEL $ANTHROPIC_SMALL_FAST_MODEL"\n'
+    )
+    (bin_dir / "claude").chmod(0o755)
+    launched = inv({**task_env, "PATH": f"{bin_dir}:{task_env['PATH']}"}, "server.claude")
+    assert launched.returncode == 0, launched.stderr
+    port = task_env["INVOKE_SERVER_PORT"]
+    assert launched.stdout.split() == [f"http://127.0.0.1:{port}", "claude-sonnet-4-6", "claude-haiku-4-5"]
+
+
 def test_start_refuses_to_bind_off_loopback_without_a_key(task_env: dict[str, str]) -> None:
     refused = inv(task_env, "server.start", "--host", "0.0.0.0")
     assert refused.returncode != 0
