@@ -17,6 +17,7 @@ _SERVE_HELP = {
     "context_size": "tokens of context (default: server.context_size)",
     "slots": "requests generating at once (default: server.slots)",
     "queue_size": "requests waiting for a slot before 503 (default: server.queue_size)",
+    "alias": "another name (fnmatch pattern) for the model; repeatable, replaces server.model_aliases",
 }
 
 
@@ -40,7 +41,7 @@ def _settings(c: Context) -> Any:
     return config.load(c.config).server
 
 
-@task(help=_SERVE_HELP)
+@task(help=_SERVE_HELP, iterable=["alias"])
 def start(
     c: Context,
     model: str = "",
@@ -51,6 +52,7 @@ def start(
     context_size: int = 0,
     slots: int = 0,
     queue_size: int = 0,
+    alias: list[str] | None = None,
 ) -> None:
     """Start the server in the background and wait until it answers."""
     from tasks.core import server as core
@@ -66,6 +68,7 @@ def start(
         context_size=context_size,
         slots=slots,
         queue_size=queue_size,
+        model_aliases=alias,
     )
     with console().status(f"Loading {served.model_name}…"):
         running = core.start(served, _files(c), _settings(c).start_timeout_s)
@@ -83,7 +86,7 @@ def stop(c: Context) -> None:
     print(f"stopped (pid {pid})" if pid else "no server running")
 
 
-@task(help=_SERVE_HELP)
+@task(help=_SERVE_HELP, iterable=["alias"])
 def restart(
     c: Context,
     model: str = "",
@@ -94,10 +97,11 @@ def restart(
     context_size: int = 0,
     slots: int = 0,
     queue_size: int = 0,
+    alias: list[str] | None = None,
 ) -> None:
     """Stop the server if it runs, then start it (with new flags, if given)."""
     stop(c)
-    start(c, model, host, port, engine, api_key, context_size, slots, queue_size)
+    start(c, model, host, port, engine, api_key, context_size, slots, queue_size, alias)
 
 
 @task(aliases=["ps"])
@@ -139,7 +143,7 @@ def logs(c: Context, follow: bool = False, lines: int = 0) -> None:
         print(line, flush=True)
 
 
-@task(help=_SERVE_HELP)
+@task(help=_SERVE_HELP, iterable=["alias"])
 def run(
     c: Context,
     model: str = "",
@@ -150,6 +154,7 @@ def run(
     context_size: int = 0,
     slots: int = 0,
     queue_size: int = 0,
+    alias: list[str] | None = None,
 ) -> None:
     """Run the server in the foreground (Ctrl-C stops it); logs go to the terminal."""
     from inference_server.__main__ import serve
@@ -165,6 +170,7 @@ def run(
             context_size=context_size,
             slots=slots,
             queue_size=queue_size,
+            model_aliases=alias,
         )
     )
 

@@ -45,17 +45,25 @@ async def models(request: Request) -> dict[str, object]:
     """OpenAI's list shape with Anthropic's fields added (Claude Code keeps ids starting `claude`)."""
     state: Runtime = request.app.state.runtime
     names = state.listed_names()
-    created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_STARTED))
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": _STARTED,
-            "owned_by": "llm-homelab",
-            "type": "model",
-            "display_name": name,
-            "created_at": created_at,
-        }
-        for name in names
-    ]
+    data = [_model(name) for name in names]
     return {"object": "list", "data": data, "has_more": False, "first_id": names[0], "last_id": names[-1]}
+
+
+@router.get("/v1/models/{name:path}", dependencies=[Depends(require_api_key)])
+async def model(request: Request, name: str) -> dict[str, object]:
+    """One model by any name the server answers to (an alias pattern's match included), else 404."""
+    state: Runtime = request.app.state.runtime
+    state.check_model(name)
+    return _model(name)
+
+
+def _model(name: str) -> dict[str, object]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": "llm-homelab",
+        "type": "model",
+        "display_name": name,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_STARTED)),
+    }

@@ -334,6 +334,13 @@ def test_model_list_offers_claude_names_claude_code_keeps(
     assert [model.id for model in oai.models.list()] == ids
 
 
+def test_any_alias_retrieves_the_served_model(claude: anthropic.Anthropic, oai: openai.OpenAI) -> None:
+    assert oai.models.retrieve("smollm2").id == "smollm2"
+    assert claude.models.retrieve("claude-opus-4-1").id == "claude-opus-4-1"  # matches `claude-*`
+    with pytest.raises(openai.NotFoundError, match="smollm2"):
+        oai.models.retrieve("gpt-4o")
+
+
 def test_unknown_model_is_404_naming_the_served_ones(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match="smollm2"):
         oai.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=2)

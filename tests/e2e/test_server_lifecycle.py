@@ -68,8 +68,10 @@ def test_start_refuses_a_second_start_and_stop_removes_the_pidfile(task_env: dic
 def test_client_tasks_talk_to_the_running_server(task_env: dict[str, str]) -> None:
     """health, chat, logs --follow, claude and restart against a server that server.start left running."""
     url = f"http://127.0.0.1:{task_env['INVOKE_SERVER_PORT']}"
-    assert inv(task_env, "server.start").returncode == 0
+    assert inv(task_env, "server.start", "--alias", "homelab").returncode == 0
     assert inv(task_env, "server.health").stdout.startswith(f"ok: smollm2 on llama_cpp at {url}")
+    listed = httpx.get(f"{url}/v1/models", timeout=TIMEOUT).json()["data"]
+    assert [model["id"] for model in listed] == ["smollm2", "homelab"]  # --alias replaced the config's
 
     follower = subprocess.Popen(
         [*INV, "server.logs", "--follow"], cwd=PROJECT_ROOT, env=task_env, stdout=subprocess.PIPE, text=True
