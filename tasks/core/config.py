@@ -48,9 +48,18 @@ class ServerSettings(Section):
     engine: Literal["auto", "llama_cpp", "mlx"]
     api_key: str
     context_size: int = Field(ge=256)
+    slots: int = Field(ge=1)
+    queue_size: int = Field(ge=0)
+    prefix_cache_bytes: int = Field(ge=0)
+    threads: int = Field(ge=0)
+    model_aliases: list[str]
+    claude_model: str
+    claude_small_fast_model: str
+    strip_billing_header: bool
     state_dir: Path
     start_timeout_s: float = Field(gt=0)
     stop_grace_s: float = Field(gt=0)
+    log_lines: int = Field(ge=1)
 
     _paths = field_validator("state_dir", mode="before")(lambda v: _expand(str(v)))
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import ns
 from tests.fixtures.sshd import ROOT, USER, Lab, cli, keygen
 
 DOWN = {"down": {"host": "127.0.0.1", "port": 1, "user": USER}}  # nothing listens on port 1
@@ -185,7 +184,6 @@ def test_sync_refuses_to_merge_a_diverged_checkout(ssh_lab: Lab, tmp_path: Path)
     assert "local change" in git("log", "-1", "--format=%s", cwd=diverged)
 
 
-@pytest.mark.skipif("server.start" not in ns.task_names, reason="the server tasks are on the server branch")
 def test_server_start_status_stop_through_fab(ssh_lab: Lab, lab_yaml: Path) -> None:
     started = cli("fab", lab_yaml, "-H", "b", "server.start", timeout_s=300)
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from tasks.core import config, doctor
 from tasks.core.errors import HomelabError
-from tests.fixtures.peer_server import free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TTL = {phase: 3600.0 for phase in doctor.PHASES}

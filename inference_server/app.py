@@ -1,0 +1,80 @@
+"""`create_app(settings)`: the FastAPI app, its engine loaded in the background at startup."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inference_server import errors, streaming
+from inference_server.admin.api_router import router as admin_router
+from inference_server.admission import Admission
+from inference_server.anthropic.api_router import router as anthropic_router
+from inference_server.engines import factory
+from inference_server.generation import Generation
+from inference_server.metrics import Metrics
+from inference_server.openai.api_router import router as openai_router
+from inference_server.runtime import Runtime
+from inference_server.settings import ServerSettings
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    engine = factory.create(settings)
+    admission = Admission(settings.slots, settings.queue_size)
+    metrics = Metrics()
+    metrics.queue_depth.set_function(lambda: admission.waiting)
+    metrics.active.set_function(lambda: admission.active)
+    runtime = Runtime(settings, engine, admission, metrics, Generation(engine, admission, metrics))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().run_in_executor(None, runtime.load)
+        try:
+            yield
+        finally:
+            await loading
+            await asyncio.to_thread(engine.close)
+
+    app = FastAPI(title="llm-homelab inference server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.runtime = runtime
+    app.add_exception_handler(errors.ApiError, errors.on_api_error)
+    app.add_exception_handler(RequestValidationError, errors.on_validation_error)
+    app.add_exception_handler(HTTPException, errors.on_http_error)
+    app.add_exception_handler(streaming.ClientGone, streaming.on_client_gone)
+
+    app.add_middleware(_CountRequests, metrics=metrics)
+    app.include_router(admin_router)
+    app.include_router(openai_router)
+    app.include_router(anthropic_router)
+    return app
+
+
+class _CountRequests:
+    """Requests by route and status; pure ASGI, so streaming and disconnects pass through untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def remember_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, remember_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()

@@ -1,0 +1,512 @@
+"""GGUF models on llama.cpp: continuous batching over a few slots of one context, with prefix reuse.
+
+One worker thread owns the llama.cpp context and does every decode (see base.py for why). Each step it
+admits waiting requests into free slots, puts one token per generating stream plus chunks of new
+prompts into one batch, decodes it once, samples each stream's next token and relays the text to the
+event loop. A slot keeps the KV cache of its last request, and a new request takes the free slot that
+shares the longest prefix with its prompt, so a conversation's next turn recomputes only its tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import itertools
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference_server.engines.base import (
+    ChatMessage,
+    Chunk,
+    EngineError,
+    EngineInfo,
+    FinishReason,
+    PromptTooLong,
+    SamplingParams,
+)
+from inference_server.engines.chat_template import ChatTemplate
+from inference_server.engines.prefix_store import PrefixStore, SavedPrefix, common_prefix
+
+log = logging.getLogger(__name__)
+
+# llama_decode's batch limit: every generating stream's token plus the prompt chunks admitted in a
+# step. Longer prompts are fed over several steps, so streams already generating keep going.
+BATCH_TOKENS = 2048
+MICRO_BATCH_TOKENS = 512
+# A free slot is reused for its cached prefix only when that prefix covers this share of the prompt.
+SLOT_SIMILARITY = 0.5
+# A slot about to lose at least this many cached tokens is saved to the prefix store first.
+MIN_SAVED_TOKENS = 256
+
+
+class WorkerDied(EngineError):
+    """The worker thread hit an error it cannot recover from; the engine no longer serves."""
+
+
+@dataclass(eq=False)
+class _Request:
+    """One generation, shared by the event loop (which reads chunks) and the worker (which writes)."""
+
+    tokens: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    chunks: asyncio.Queue[Chunk] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class _Kill:
+    """Worker instruction: die as on a fatal decode error (operators and tests use it)."""
+
+    reason: str
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One sequence of the context; only the worker thread touches it."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV the sequence holds
+    request: _Request | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not decoded yet
+    next_token: int | None = None  # sampled, to be decoded next step
+    sampler: Any = None  # llama_sampler chain, None for greedy
+    decoder: codecs.IncrementalDecoder | None = None
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    last_used: int = 0
+
+
+def _deliver(items: list[tuple[_Request, Chunk]]) -> None:
+    for request, chunk in items:
+        request.chunks.put_nowait(chunk)
+
+
+class LlamaCppEngine:
+    """The Engine protocol on llama-cpp-python's low-level API."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        model_name: str,
+        context_size: int,
+        slots: int,
+        prefix_cache_bytes: int,
+        threads: int = 0,
+        use_extra_bufts: bool = False,
+    ) -> None:
+        if slots < 1 or context_size // slots < 2:
+            raise EngineError(f"context_size {context_size} cannot be split into {slots} slots")
+        self.model_path = model_path
+        self.slots = slots
+        self.threads = threads or len(os.sched_getaffinity(0))
+        self.prefix_cache_bytes = prefix_cache_bytes
+        # Extra buffer types repack weights for the CPU; on VMs that report AMX they fault on the
+        # first decode (ggml_backend_amx_mul_mat), so they are off unless asked for.
+        self.use_extra_bufts = use_extra_bufts
+        self.context_size = context_size
+        self.info = EngineInfo(
+            model=model_name,
+            engine="llama_cpp",
+            context_size=context_size // slots,
+            extra={"slots": str(slots), "context_total": str(context_size), "threads": str(self.threads)},
+        )
+        self._inbox: queue.SimpleQueue[_Request | _Kill | None] = queue.SimpleQueue()
+        self._accepting = False
+        self._submit_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._template: ChatTemplate | None = None
+        self._vocab: Any = None
+        self._bos_text = ""
+
+    # -- the Engine protocol, called from the event loop or the server's threads -------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise EngineError("engine already started")
+        self._thread = threading.Thread(target=self._run, name="llama-cpp-engine", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise EngineError(f"cannot load {self.model_path.name}: {self._failure}")
+
+    def healthy(self) -> bool:
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and self._ready.is_set()
+            and self._failure is None
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        import llama_cpp
+
+        if self._vocab is None:
+            raise EngineError("engine not started")
+        data = text.encode()
+        room = len(data) + 2
+        buf = (llama_cpp.llama_token * room)()
+        add_special = not (self._bos_text and text.startswith(self._bos_text))
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, room, add_special, True)
+        return buf[:n]
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        if self._template is None:
+            raise EngineError("engine not started")
+        return self._template.render(messages)
+
+    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+        tokens = self.tokenize(prompt) or self.tokenize(self._bos_text)
+        limit = self.info.context_size
+        if len(tokens) + 1 > limit:
+            raise PromptTooLong(len(tokens), limit - 1)
+        request = _Request(tokens, params, asyncio.get_running_loop())
+        self._submit(request)
+        try:
+            while True:
+                chunk = await request.chunks.get()
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            request.cancelled = True
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._inbox.put(None)
+        self._thread.join()
+
+    def kill_worker(self, reason: str) -> None:
+        """Make the worker die as it would on a fatal llama.cpp error: streams in flight end with
+        'error', healthy() turns false and later requests are refused."""
+        self._inbox.put(_Kill(reason))
+
+    def _submit(self, request: _Request) -> None:
+        with self._submit_lock:
+            if not self._accepting:
+                raise EngineError(f"engine worker is not running ({self._failure or 'stopped'})")
+            self._inbox.put(request)
+
+    # -- the worker thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        worker: _Worker | None = None
+        try:
+            worker = _Worker(self)
+            with self._submit_lock:
+                self._accepting = True
+            self._ready.set()
+            worker.serve()
+            reason: FinishReason = "cancelled"
+        except BaseException as exc:
+            log.exception("llama.cpp engine worker died")
+            self._failure = exc
+            reason = "error"
+        finally:
+            with self._submit_lock:
+                self._accepting = False
+            self._ready.set()
+            orphans = []
+            while not self._inbox.empty():
+                item = self._inbox.get()
+                if isinstance(item, _Request):
+                    orphans.append(item)
+            if worker is not None:
+                worker.shut_down(reason, orphans)
+
+
+class _Worker:
+    """Owns the llama.cpp model, context and batch; lives and dies on the engine's worker thread."""
+
+    def __init__(self, engine: LlamaCppEngine) -> None:
+        import llama_cpp
+        import numpy as np
+
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # silence llama.cpp's stderr
+        self.engine = engine
+        self.ll = llama_cpp
+        self.np = np
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.use_extra_bufts = engine.use_extra_bufts
+        self.model = llama_cpp.llama_model_load_from_file(str(engine.model_path).encode(), model_params)
+        if not self.model:
+            raise EngineError(f"{engine.model_path}: not a loadable GGUF model")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        ctx_params = llama_cpp.llama_context_default_params()  # keeps flash attention on AUTO
+        ctx_params.n_ctx = engine.context_size
+        ctx_params.n_seq_max = engine.slots
+        ctx_params.kv_unified = False
+        ctx_params.n_batch = BATCH_TOKENS
+        ctx_params.n_ubatch = MICRO_BATCH_TOKENS
+        ctx_params.n_threads = ctx_params.n_threads_batch = engine.threads
+        self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise EngineError("llama.cpp could not create a context (out of memory?)")
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self.ctx)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self.slots = [_Slot(seq_id=i) for i in range(engine.slots)]
+        self.waiting: list[_Request] = []
+        self.outbox: list[tuple[_Request, Chunk]] = []
+        self.pieces: dict[int, bytes] = {}
+        self.store = PrefixStore(engine.prefix_cache_bytes)
+        self.clock = itertools.count(1)
+
+        engine.info.extra["n_ctx_seq"] = str(self.n_ctx_seq)
+        engine.info = EngineInfo(engine.info.model, engine.info.engine, self.n_ctx_seq, engine.info.extra)
+        bos = llama_cpp.llama_vocab_bos(self.vocab)
+        eos = llama_cpp.llama_vocab_eos(self.vocab)
+        engine._bos_text = self._piece(bos, special=True).decode(errors="replace") if bos >= 0 else ""
+        engine._template = ChatTemplate(
+            self._metadata("tokenizer.chat_template"),
+            bos_token=engine._bos_text,
+            eos_token=self._piece(eos, special=True).decode(errors="replace") if eos >= 0 else "",
+        )
+        engine._vocab = self.vocab
+        self._warm_up(max(bos, 0))
+
+    def _metadata(self, key: str) -> str | None:
+        size = self.ll.llama_model_meta_val_str(self.model, key.encode(), None, 0)
+        if size < 0:
+            return None
+        buf = ctypes.create_string_buffer(size + 1)
+        self.ll.llama_model_meta_val_str(self.model, key.encode(), buf, size + 1)
+        return buf.value.decode()
+
+    def _piece(self, token: int, *, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self.ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def _warm_up(self, token: int) -> None:
+        """One decode on this thread, so its OpenMP pool exists before the first request."""
+        self._add(0, token, 0, 0, logits=True)
+        self._decode(1)
+        self.ll.llama_memory_clear(self.mem, True)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        inbox = self.engine._inbox
+        while True:
+            busy = self.waiting or any(slot.request for slot in self.slots)
+            try:
+                item = inbox.get_nowait() if busy else inbox.get()
+            except queue.Empty:
+                item = _NOTHING
+            while item is not _NOTHING:
+                if item is None:
+                    return
+                if isinstance(item, _Kill):
+                    raise WorkerDied(item.reason)
+                assert isinstance(item, _Request)
+                self.waiting.append(item)
+                try:
+                    item = inbox.get_nowait()
+                except queue.Empty:
+                    item = _NOTHING
+            self._admit()
+            self._step()
+            self._flush()
+
+    def _admit(self) -> None:
+        while self.waiting:
+            free = [slot for slot in self.slots if slot.request is None]
+            if not free:
+                return
+            request = self.waiting.pop(0)
+            if request.cancelled:
+                continue
+            slot = self._pick_slot(free, request.tokens)
+            keep = common_prefix(slot.cached, request.tokens)
+            saved, shared = self.store.best(request.tokens)
+            if len(slot.cached) - keep >= MIN_SAVED_TOKENS:
+                self._save(slot)
+            if saved is not None and shared > keep:
+                keep = self._restore(slot, saved, shared)
+            keep = min(keep, len(request.tokens) - 1)
+            if not self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1):
+                self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+                keep = 0
+            del slot.cached[keep:]
+            slot.request = request
+            slot.pending = request.tokens[keep:]
+            slot.next_token = None
+            slot.cached_tokens = keep
+            slot.completion_tokens = 0
+            slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            slot.sampler = self._sampler(request.params)
+            slot.last_used = next(self.clock)
+
+    def _save(self, slot: _Slot) -> None:
+        """Copy a slot's sequence state into the prefix store before it is overwritten."""
+        size = self.ll.llama_state_seq_get_size(self.ctx, slot.seq_id)
+        if not self.store.fits(size):
+            return
+        state = (ctypes.c_uint8 * size)()
+        if self.ll.llama_state_seq_get_data(self.ctx, state, size, slot.seq_id) == size:
+            self.store.put(SavedPrefix(tuple(slot.cached), state, size))
+
+    def _restore(self, slot: _Slot, saved: SavedPrefix, shared: int) -> int:
+        """Load a saved prefix into a slot; how many of its tokens the request can keep."""
+        self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        self.store.pop(saved)
+        if self.ll.llama_state_seq_set_data(self.ctx, saved.state, saved.size, slot.seq_id) == 0:
+            self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            slot.cached = []
+            return 0
+        slot.cached = list(saved.tokens)
+        return shared
+
+    @staticmethod
+    def _pick_slot(free: list[_Slot], tokens: list[int]) -> _Slot:
+        """The free slot sharing the longest prefix, if that is a real share of the prompt (as
+        llama-server's slot similarity); otherwise the least recently used one, so a short unrelated
+        prompt does not evict a long prefix that its owner will send again."""
+        best = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
+        if common_prefix(best.cached, tokens) >= SLOT_SIMILARITY * len(tokens):
+            return best
+        return min(free, key=lambda s: s.last_used)
+
+    def _sampler(self, params: SamplingParams) -> Any:
+        if params.temperature <= 0:
+            return None
+        ll = self.ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if params.top_p < 1:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
+        seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def _step(self) -> None:
+        for slot in self.slots:
+            if slot.request is not None and slot.request.cancelled:
+                self._finish(slot, "cancelled")
+        n = 0
+        sample_at: list[tuple[_Slot, int]] = []
+        for slot in self.slots:
+            if slot.request is not None and slot.next_token is not None:
+                self._add(n, slot.next_token, len(slot.cached), slot.seq_id, logits=True)
+                slot.cached.append(slot.next_token)
+                sample_at.append((slot, n))
+                n += 1
+        prefilling = [s for s in self.slots if s.request is not None and s.pending]
+        for slot in sorted(prefilling, key=lambda s: s.last_used):
+            take = slot.pending[: BATCH_TOKENS - n]
+            if not take:
+                break
+            for token in take:
+                self._add(n, token, len(slot.cached), slot.seq_id, logits=False)
+                slot.cached.append(token)
+                n += 1
+            slot.pending = slot.pending[len(take) :]
+            if not slot.pending:
+                self.batch.logits[n - 1] = True
+                sample_at.append((slot, n - 1))
+        if n == 0:
+            return
+        self._decode(n)
+        for slot, index in sample_at:
+            self._sample(slot, index)
+
+    def _add(self, i: int, token: int, pos: int, seq_id: int, *, logits: bool) -> None:
+        batch = self.batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq_id
+        batch.logits[i] = logits
+
+    def _decode(self, n: int) -> None:
+        self.batch.n_tokens = n
+        rc = self.ll.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise WorkerDied(f"llama_decode failed with code {rc}")
+
+    def _sample(self, slot: _Slot, index: int) -> None:
+        assert slot.request is not None and slot.decoder is not None
+        if slot.sampler is None:
+            logits = self.ll.llama_get_logits_ith(self.ctx, index)
+            token = int(self.np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
+        else:
+            token = self.ll.llama_sampler_sample(slot.sampler, self.ctx, index)
+        slot.last_used = next(self.clock)
+        if self.ll.llama_vocab_is_eog(self.vocab, token):
+            self._finish(slot, "stop")
+            return
+        slot.completion_tokens += 1
+        piece = self.pieces.get(token)
+        if piece is None:
+            piece = self.pieces[token] = self._piece(token)
+        text = slot.decoder.decode(piece)
+        if text:
+            self.outbox.append((slot.request, Chunk(text)))
+        if slot.completion_tokens >= slot.request.params.max_tokens or len(slot.cached) >= self.n_ctx_seq:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: FinishReason) -> None:
+        request = slot.request
+        assert request is not None and slot.decoder is not None
+        if not request.cancelled:
+            tail = slot.decoder.decode(b"", final=True)
+            usage = Chunk(
+                tail,
+                finish_reason=reason,
+                prompt_tokens=len(request.tokens),
+                completion_tokens=slot.completion_tokens,
+                cached_tokens=slot.cached_tokens,
+            )
+            self.outbox.append((request, usage))
+        if slot.sampler is not None:
+            self.ll.llama_sampler_free(slot.sampler)
+        slot.request = slot.sampler = slot.decoder = slot.next_token = None
+        slot.pending = []
+
+    def _flush(self) -> None:
+        """Relay this step's chunks: one wake-up per event loop, not one per token."""
+        if not self.outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, Chunk]]] = {}
+        for request, chunk in self.outbox:
+            by_loop.setdefault(request.loop, []).append((request, chunk))
+        self.outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                for request, _ in items:
+                    request.cancelled = True
+
+    def shut_down(self, reason: FinishReason, orphans: list[_Request]) -> None:
+        """End every stream with `reason` and free llama.cpp's memory."""
+        for slot in self.slots:
+            if slot.request is not None:
+                self._finish(slot, reason)
+        for request in self.waiting + orphans:
+            self.outbox.append((request, Chunk("", finish_reason=reason, prompt_tokens=len(request.tokens))))
+        self.waiting = []
+        self._flush()
+        self.ll.llama_batch_free(self.batch)
+        self.ll.llama_free(self.ctx)
+        self.ll.llama_model_free(self.model)
+
+
+_NOTHING: Any = object()

@@ -1,0 +1,1 @@
+"""The OpenAI API: /v1/chat/completions and /v1/completions."""

@@ -1,0 +1,175 @@
+"""Translation between the APIs' shapes and the engine's: messages, blocks, errors, settings."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from inference_server.admission import Admission, QueueFull
+from inference_server.anthropic import protocol as anthropic_protocol
+from inference_server.anthropic.serving import system_prompt
+from inference_server.anthropic.serving import to_messages as anthropic_messages
+from inference_server.engines import factory
+from inference_server.engines.base import ChatMessage, EngineError
+from inference_server.errors import body
+from inference_server.openai import protocol as openai_protocol
+from inference_server.openai.serving import to_messages as openai_messages
+from inference_server.settings import ServerSettings
+
+SETTINGS = {
+    "model_name": "smollm2",
+    "model_path": "/models/smollm2.gguf",
+    "model_format": "gguf",
+    "engine": "auto",
+    "host": "127.0.0.1",
+    "port": 8080,
+    "api_key": "",
+    "context_size": 2048,
+    "slots": 2,
+    "queue_size": 4,
+    "prefix_cache_bytes": 0,
+    "threads": 0,
+    "model_aliases": ["claude-*"],
+    "strip_billing_header": True,
+    "stop_grace_s": 5,
+}
+
+
+def test_anthropic_blocks_flatten_to_text_the_model_can_read() -> None:
+    request = anthropic_protocol.MessagesRequest.model_validate(
+        {
+            "model": "m",
+            "max_tokens": 1,
+            "system": [{"type": "text", "text": "Be kind."}],
+            "messages": [
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "1", "name": "ls", "input": {"a": 1}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "1", "content": "a.txt"},
+                        {"type": "image", "source": {"type": "base64", "data": "x"}},
+                        {"type": "thinking", "thinking": "hmm"},
+                        {"type": "text", "text": "ok?"},
+                    ],
+                },
+            ],
+            "tools": [{"name": "ls"}],
+        }
+    )
+    assert anthropic_messages(request, strip_billing_header=True) == [
+        ChatMessage("system", "Be kind."),
+        ChatMessage("assistant", '[tool call ls: {"a": 1}]'),
+        ChatMessage("user", "[tool result: a.txt]\n[image]\nok?"),
+    ]
+
+
+def test_billing_header_line_is_stripped_only_when_configured() -> None:
+    blocks = [
+        anthropic_protocol.Block(type="text", text="x-anthropic-billing-header: cc=1;\nYou are Claude Code.")
+    ]
+    assert system_prompt(blocks, strip_billing_header=True) == "You are Claude Code."
+    assert system_prompt(blocks, strip_billing_header=False).startswith("x-anthropic-billing-header")
+
+
+def test_openai_parts_roles_and_tool_calls_become_chat_messages() -> None:
+    request = openai_protocol.ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "Rules."},
+                {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image_url"}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}],
+                },
+                {"role": "tool", "content": "42"},
+            ],
+        }
+    )
+    assert openai_messages(request.messages) == [
+        ChatMessage("system", "Rules."),
+        ChatMessage("user", "Look:\n[image_url]"),
+        ChatMessage("assistant", "[tool call f: {}]"),
+        ChatMessage("tool", "42"),
+    ]
+
+
+def test_errors_use_each_apis_envelope() -> None:
+    assert body("authentication", "no", anthropic=True) == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "no"},
+    }
+    assert body("context_length", "long", anthropic=False)["error"] == {
+        "message": "long",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "context_length_exceeded",
+    }
+
+
+def test_settings_refuse_off_loopback_without_a_key() -> None:
+    with pytest.raises(ValidationError, match=r"refusing to listen on 0\.0\.0\.0 without an API key"):
+        ServerSettings.model_validate({**SETTINGS, "host": "0.0.0.0"})
+    assert ServerSettings.model_validate({**SETTINGS, "host": "0.0.0.0", "api_key": "k"}).host == "0.0.0.0"
+    assert ServerSettings.model_validate({**SETTINGS, "host": "localhost"}).url == "http://localhost:8080"
+    assert ServerSettings.model_validate({**SETTINGS, "host": "::1"}).url == "http://[::1]:8080"
+
+
+def test_engine_follows_the_model_format_unless_named() -> None:
+    gguf = ServerSettings.model_validate(SETTINGS)
+    mlx = ServerSettings.model_validate({**SETTINGS, "model_format": "mlx", "model_path": "/models/m"})
+    assert factory.choose(gguf) == "llama_cpp"
+    assert factory.choose(mlx) == "mlx"
+    with pytest.raises(EngineError, match="convert"):
+        factory.choose(gguf.model_copy(update={"engine": "mlx"}))
+    with pytest.raises(EngineError, match="GGUF"):
+        factory.choose(mlx.model_copy(update={"engine": "llama_cpp"}))
+
+
+def test_admission_refuses_beyond_the_queue_bound() -> None:
+    async def scenario() -> None:
+        admission = Admission(slots=1, queue_size=1)
+        await admission.acquire()
+        waiter = asyncio.create_task(admission.acquire())
+        await asyncio.sleep(0)
+        assert admission.waiting == 1
+        with pytest.raises(QueueFull):
+            await admission.acquire()
+        admission.release()
+        await waiter
+        assert (admission.active, admission.waiting) == (1, 0)
+
+    asyncio.run(scenario())
+
+
+def test_settings_round_trip_through_json(tmp_path: Path) -> None:
+    from inference_server.settings import load
+
+    settings = ServerSettings.model_validate(SETTINGS)
+    (tmp_path / "s.json").write_text(settings.model_dump_json())
+    assert load(tmp_path / "s.json") == settings
+
+
+def test_health_and_the_apis_answer_503_until_the_model_is_loaded() -> None:
+    """The real app before its startup has run: the engine exists but has not loaded the model."""
+    from fastapi.testclient import TestClient
+
+    from inference_server.app import create_app
+
+    client = TestClient(create_app(ServerSettings.model_validate(SETTINGS)))
+    health = client.get("/health")
+    assert (health.status_code, health.json()["status"]) == (503, "loading")
+    question = {"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    refused = client.post("/v1/messages", json=question)
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
+    assert refused.json()["error"] == {
+        "type": "overloaded_error",
+        "message": "not ready: the model is still loading",
+    }

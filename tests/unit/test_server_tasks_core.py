@@ -1,0 +1,61 @@
+"""tasks.core.server: invoke.yaml plus flags into the server's settings, and Claude Code's env."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.core import config
+from tasks.core import server as core
+from tasks.core.errors import HomelabError
+
+
+def test_flags_beat_config_and_context_is_capped_by_the_model(project_config: dict[str, Any]) -> None:
+    project_config["server"]["context_size"] = 65536
+    served = core.served_settings(config.validate(project_config), port=9001, slots=3)
+    assert (served.port, served.slots) == (9001, 3)
+    assert served.queue_size == project_config["server"]["queue_size"]
+    assert served.context_size == 8192  # smollm2's catalog context_length
+    assert served.model_path.name.endswith(".gguf")
+
+
+def test_model_not_on_disk_names_the_download_command(project_config: dict[str, Any]) -> None:
+    with pytest.raises(HomelabError, match=r"inv models\.download tinyllama"):
+        core.served_settings(config.validate(project_config), model="tinyllama")
+
+
+def test_off_loopback_without_key_is_one_line(project_config: dict[str, Any]) -> None:
+    with pytest.raises(HomelabError, match=r"^refusing to listen on 0\.0\.0\.0 without an API key"):
+        core.served_settings(config.validate(project_config), host="0.0.0.0")
+
+
+def test_mlx_engine_on_a_gguf_model_without_its_conversion_is_refused_before_starting(
+    project_config: dict[str, Any], tmp_path: Path
+) -> None:
+    project_config["models"]["converted_dir"] = str(tmp_path)
+    with pytest.raises(HomelabError, match=r"^model 'smollm2' is GGUF and has no MLX conversion") as refused:
+        core.served_settings(config.validate(project_config), engine="mlx")
+    assert refused.value.fix == "run `inv models.convert smollm2`"
+
+
+def test_claude_env_points_at_the_server_with_claude_names(project_config: dict[str, Any]) -> None:
+    served = core.served_settings(config.validate(project_config), host="0.0.0.0", api_key="k")
+    env = core.claude_env(served, "claude-sonnet-4-6", "claude-haiku-4-5")
+    assert env == {
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{served.port}",
+        "ANTHROPIC_AUTH_TOKEN": "k",
+        "ANTHROPIC_MODEL": "claude-sonnet-4-6",
+        "ANTHROPIC_SMALL_FAST_MODEL": "claude-haiku-4-5",
+    }
+
+
+def test_start_refuses_a_port_in_use_before_spawning(project_config: dict[str, Any], tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        served = core.served_settings(config.validate(project_config), port=port)
+        with pytest.raises(HomelabError, match=f"port {port} on 127.0.0.1 is already in use"):
+            core.start(served, core.StateFiles(tmp_path), timeout_s=5)
+    assert not (tmp_path / "server.pid").exists()
