@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from invoke.env import Environment
 
 from tasks.core import config
 from tasks.core.errors import ConfigError
@@ -72,10 +73,12 @@ def test_bad_invoke_yaml_gives_one_line_and_nonzero_exit(tmp_path: Path) -> None
     ]
 
 
-def test_env_override_invoke_cannot_cast_is_named() -> None:
-    environ = {"INVOKE_MODELS_FREE_SPACE_MARGIN_MB": "abc"}
+def test_env_override_invoke_cannot_cast_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INVOKE_MODELS_FREE_SPACE_MARGIN_MB", "abc")
+    with pytest.raises(ValueError):  # what invoke itself does with it, outside any task
+        Environment(config.read_yaml(config.CONFIG_FILE), "INVOKE_").load()
     with pytest.raises(ConfigError, match=r"^INVOKE_MODELS_FREE_SPACE_MARGIN_MB='abc': .* fix or unset"):
-        config.check_env_overrides("INVOKE_", environ)
+        config.check_env_overrides("INVOKE_", os.environ)
 
 
 def test_env_override_of_a_list_is_refused_with_the_file_to_use() -> None:
@@ -83,15 +86,20 @@ def test_env_override_of_a_list_is_refused_with_the_file_to_use() -> None:
         config.check_env_overrides("INVOKE_", {"INVOKE_DOCTOR_EXTRAS": "server"})
 
 
-def test_env_overrides_invoke_can_cast_pass() -> None:
-    environ = {
-        "INVOKE_MODELS_FREE_SPACE_MARGIN_MB": "7",
-        "INVOKE_SERVER_HOST": "0.0.0.0",
-        "INVOKE_DOCTOR_TTL_S_MODELS": "60",
-        "INVOKE_HOSTS": "ignored by invoke: an empty mapping has no keys",
-        "FABRIC_SERVER_PORT": "another program's prefix",
+def test_env_overrides_invoke_can_cast_pass_and_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("INVOKE_")]:
+        monkeypatch.delenv(name)  # only this test's overrides
+    monkeypatch.setenv("INVOKE_MODELS_FREE_SPACE_MARGIN_MB", "7")
+    monkeypatch.setenv("INVOKE_SERVER_HOST", "0.0.0.0")
+    monkeypatch.setenv("INVOKE_DOCTOR_TTL_S_MODELS", "60")
+    monkeypatch.setenv("INVOKE_HOSTS", "ignored by invoke: an empty mapping has no keys")
+    monkeypatch.setenv("FABRIC_SERVER_PORT", "another program's prefix")
+    config.check_env_overrides("INVOKE_", os.environ)
+    assert Environment(config.read_yaml(config.CONFIG_FILE), "INVOKE_").load() == {
+        "models": {"free_space_margin_mb": 7},
+        "server": {"host": "0.0.0.0"},
+        "doctor": {"ttl_s": {"models": 60}},
     }
-    config.check_env_overrides("INVOKE_", environ)
 
 
 @pytest.mark.parametrize(
