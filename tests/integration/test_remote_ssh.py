@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tasks import ns
+from tests.fixtures.peer_server import PeerServer
 from tests.fixtures.sshd import ROOT, USER, Lab, cli, keygen
 
 DOWN = {"down": {"host": "127.0.0.1", "port": 1, "user": USER}}  # nothing listens on port 1
@@ -196,3 +197,15 @@ def test_server_start_status_stop_through_fab(ssh_lab: Lab, lab_yaml: Path) -> N
     finally:
         stopped = cli("fab", lab_yaml, "-H", "b", "server.stop", timeout_s=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def test_smoke_through_fab_runs_on_the_host_and_keeps_its_verdict(
+    lab_yaml: Path, peer_server: PeerServer
+) -> None:
+    """The peer (llama.cpp's server) lacks /health and /v1/messages: two failures, reported from host b."""
+    done = cli("fab", lab_yaml, "-H", "b", "test.smoke", "--url", peer_server.url, timeout_s=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"Smoke test of {peer_server.url}" in done.stdout
+    assert one_line(done.stderr).startswith(
+        "error: 2 of 5 smoke checks failed: GET /health, POST /v1/messages"
+    )
