@@ -20,11 +20,17 @@ from tasks.core.errors import HomelabError
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """HomelabError and Ctrl-C become invoke's Exit: one line on stderr and an exit code."""
+    """HomelabError, a path the system refuses, and Ctrl-C become invoke's Exit: one line on stderr and
+    an exit code."""
     try:
         yield
     except HomelabError as exc:
         raise Exit(f"error: {exc.message}", code=exc.exit_code) from None
+    except OSError as exc:
+        if exc.filename is None:  # not about a path: a bug or a network error, keep its traceback
+            raise
+        fix = "check that path and the invoke.yaml setting that names it"
+        raise Exit(f"error: {exc.filename}: {exc.strerror} — {fix}", code=1) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
 

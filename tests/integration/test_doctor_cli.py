@@ -71,3 +71,15 @@ def test_fab_runs_doctor_on_the_host_and_reruns_from_the_hosts_cache(ssh_lab: La
     assert [c["name"] for c in fast["checks"] if c["cached"]] == [
         c["name"] for c in full["checks"] if c["name"] != "server" and c["status"] != "fail"
     ]
+
+
+def test_state_dir_the_system_refuses_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    env = {**os.environ, "INVOKE_DOCTOR_STATE_DIR": str(tmp_path / "file" / "doctor")}
+    command = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "doctor", "--fast"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'file' / 'doctor'}: Not a directory — "
+        "check that path and the invoke.yaml setting that names it"
+    ]
