@@ -3,8 +3,11 @@ delegation to the host's own checkout when run by `fab -H host` (see tasks/_remo
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from invoke import Task
@@ -15,19 +18,48 @@ from tasks import _remote
 from tasks.core.errors import HomelabError
 
 
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """HomelabError, a path the system refuses, and Ctrl-C become invoke's Exit: one line on stderr and
+    an exit code."""
+    try:
+        yield
+    except HomelabError as exc:
+        raise Exit(f"error: {exc.message}", code=exc.exit_code) from None
+    except OSError as exc:
+        if exc.filename is None:  # not about a path: a bug or a network error, keep its traceback
+            raise
+        fix = "check that path and the invoke.yaml setting that names it"
+        raise Exit(f"error: {exc.filename}: {exc.strerror} — {fix}", code=1) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted", code=130) from None
+
+
 def _guarded(body: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(body)
     def run(c: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with one_line_errors():
             if _remote.is_connection(c):
                 return _remote.delegate(c, run, body, args, kwargs)
             return body(c, *args, **kwargs)
-        except HomelabError as exc:
-            raise Exit(f"error: {exc.message}", code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
 
     return run
+
+
+def check_env_overrides() -> None:
+    """Refuse a bad INVOKE_* override (FABRIC_* under fab) while the collection loads.
+
+    invoke reads these variables after loading the collection and before any task runs, outside any
+    task, and ends in a traceback on a value it cannot cast; importing the collection is the last
+    point where our code runs before that, under plain `inv` and `fab` alike.
+    """
+    prefix = "FABRIC_" if "fabric.main" in sys.modules else "INVOKE_"
+    if not any(name.startswith(prefix) for name in os.environ):
+        return
+    from tasks.core import config
+
+    with one_line_errors():
+        config.check_env_overrides(prefix, os.environ)
 
 
 def task(*args: Any, **kwargs: Any) -> Any:

@@ -48,7 +48,10 @@ def smoke(c: Context, url: str = "", model: str = "") -> None:
     print_table(f"Smoke test of {target.url}", ["check", "result", "seconds", "detail"], rows)
     failed = [r.name for r in results if not r.passed]
     if failed:
-        raise HomelabError(f"{len(failed)} of {len(results)} smoke checks failed: {', '.join(failed)}")
+        raise HomelabError(
+            f"{len(failed)} of {len(results)} smoke checks failed: {', '.join(failed)}",
+            "see the detail column (no answer at all: is the server up? inv server.status)",
+        )
 
 
 @task(help={"only": "run just this benchmark (NAME from tests/bench/bench_NAME.py)"})

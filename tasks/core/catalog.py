@@ -58,20 +58,6 @@ class CatalogEntry(BaseModel):
             raise ValueError(f"sha256 given for files not in 'files': {sorted(unknown)}")
         return self
 
-    def pick_file(self, wanted: str = "") -> str:
-        """The file to fetch: the one asked for (exact name or a quant tag in it), else the first."""
-        if not wanted:
-            if not self.files:
-                raise HomelabError(f"{self.name}: no default file", "pass --file NAME")
-            return self.files[0]
-        matches = [f for f in self.files if f == wanted or wanted.lower() in f.lower()]
-        if len(matches) == 1:
-            return matches[0]
-        if wanted.endswith((".gguf", ".safetensors")) or not self.files:
-            return wanted
-        choices = ", ".join(self.files)
-        raise HomelabError(f"{self.name}: no single file matches '{wanted}'", f"choose one of: {choices}")
-
 
 def load_catalog(path: Path) -> dict[str, CatalogEntry]:
     """Entries by name; any problem is one line naming the entry and the field."""

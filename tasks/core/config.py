@@ -7,7 +7,7 @@ the merged configuration is an error that names it rather than a silent second d
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,6 +160,44 @@ def load(config: Any = None) -> Settings:
     if config is None:
         config = read_yaml(CONFIG_FILE)
     return validate(config)
+
+
+_KINDS = {int: "a whole number", float: "a number"}
+
+
+def check_env_overrides(prefix: str, environ: Mapping[str, str]) -> None:
+    """Refuse an override that invoke cannot cast, by the variable's name.
+
+    invoke casts each PREFIX_SECTION_KEY variable to the type of the setting it overrides before any
+    task runs (invoke.env.Environment._cast: lists refused, other non-strings via their type), and a
+    value it cannot cast ends in a traceback inside invoke.
+    """
+    for path, default in _leaves(read_yaml(CONFIG_FILE), ()):
+        name = prefix + "_".join(path).upper()
+        if name not in environ or default is None or isinstance(default, bool | str):
+            continue
+        key = ".".join(path)
+        if isinstance(default, list):
+            raise ConfigError(
+                f"{name}: '{key}' is a list, which invoke cannot read from the environment",
+                f"unset {name} and set {key} in ~/.invoke.yaml",
+            )
+        kind = type(default)
+        try:
+            kind(environ[name])
+        except ValueError:
+            raise ConfigError(
+                f"{name}={environ[name]!r}: '{key}' must be {_KINDS.get(kind, kind.__name__)}",
+                f"fix or unset {name}",
+            ) from None
+
+
+def _leaves(data: Mapping[str, Any], path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, (*path, str(key)))
+        else:
+            yield (*path, str(key)), value
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

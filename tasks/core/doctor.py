@@ -253,8 +253,8 @@ def run_checks(
     fast: bool,
     fix: bool = False,
     dry_run: bool = False,
-    lock_timeout_s: float = 0,
-    keep_logs: int = 20,
+    lock_timeout_s: float,
+    keep_logs: int,
 ) -> Report:
     """Run (or reuse) every check under the lock; apply or describe fixes; save state and a log."""
     missing = sorted({c.phase for c in checks} - set(ttl_s))

@@ -26,6 +26,7 @@ from typing import IO, Any, TypeVar
 from tasks.core import remote
 from tasks.core.config import PROJECT_ROOT, Settings
 from tasks.core.errors import HomelabError
+from tasks.core.loadtest import server_url
 from tasks.core.remote import Target
 
 FACTS_TASK = "remote.facts"
@@ -231,9 +232,8 @@ def _health(host: str, port: int) -> tuple[str, str]:
     """The server's /health answer in a word, and the model it names if it says."""
     import httpx
 
-    address = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     try:
-        reply = httpx.get(f"http://{address}:{port}/health", timeout=2.0)
+        reply = httpx.get(f"{server_url(host, port)}/health", timeout=2.0)
     except httpx.HTTPError:
         return "down", ""
     try:

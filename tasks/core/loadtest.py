@@ -213,14 +213,17 @@ class LoadReport:
 
     def row(self) -> tuple[object, ...]:
         """The table row people compare: counts, latency percentiles in ms, throughput."""
-        ms = [f"{self.percentile(q) * 1000:.0f}" for q in (50, 95, 99)]
+        ms = [f"{self.percentile(q) * 1000:.0f}" if self.ok else "-" for q in (50, 95, 99)]
         rate = f"{self.ok / self.wall_s:.1f}" if self.wall_s else ""
         return (self.requests, self.concurrency, self.ok, self.lost, self.failed, *ms, rate)
 
     def raise_on_losses(self) -> None:
         if self.lost or self.failed:
             reasons = ", ".join(f"{reason} x{n}" for reason, n in self.errors.items())
-            raise HomelabError(f"{self.lost} lost and {self.failed} failed of {self.requests}: {reasons}")
+            raise HomelabError(
+                f"{self.lost} lost and {self.failed} failed of {self.requests}: {reasons}",
+                "lost = no answer: is the server up at that URL? (inv server.status); failed: see its log",
+            )
 
     def _count(self, kind: str, reason: str) -> None:
         setattr(self, kind, getattr(self, kind) + 1)

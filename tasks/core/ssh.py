@@ -56,7 +56,7 @@ def connect(endpoint: Endpoint, config: Any, policy: str, known_hosts: Path, tim
         user=endpoint.user or None,
         port=endpoint.port or None,
         config=fabric_config(config),
-        connect_timeout=int(timeout_s) or 1,
+        connect_timeout=int(timeout_s) or 1,  # fabric int()s it, and 0 would mean no timeout at all
     )
     check_host_keys(connection, policy, known_hosts)
     return connection

@@ -174,6 +174,11 @@ def scan(models: ModelsSettings) -> HFCacheInfo | None:
     """huggingface_hub's view of the cache; None when nothing was ever downloaded there."""
     from huggingface_hub import CacheNotFound, scan_cache_dir
 
+    if models.cache_dir.exists() and not models.cache_dir.is_dir():
+        raise HomelabError(
+            f"models.cache_dir {models.cache_dir} is a file, not a folder",
+            "point models.cache_dir at a folder",
+        )
     try:
         return scan_cache_dir(models.cache_dir)
     except CacheNotFound:

@@ -1,4 +1,5 @@
-"""`inv doctor` end to end: every phase in order, a --fast rerun from cache, --hosts over real ssh."""
+"""`inv doctor` end to end: every phase in order, a --fast rerun from cache, --hosts over real ssh, and
+`fab -H host doctor` running on the host with the host's own cache."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.sshd import Lab, cli
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,3 +54,32 @@ def test_unreachable_inventory_host_fails_only_with_hosts(tmp_path: Path) -> Non
     ghost = next(c for c in with_hosts["checks"] if c["name"] == "ssh ghost")
     assert code == 1 and ghost["status"] == "fail" and not with_hosts["ok"]
     assert "127.0.0.1" in ghost["detail"]
+
+
+def test_fab_runs_doctor_on_the_host_and_reruns_from_the_hosts_cache(ssh_lab: Lab, tmp_path: Path) -> None:
+    lab_yaml = ssh_lab.write_config(tmp_path / "lab.yaml")
+    host_state = ssh_lab.hosts["c"].folder / "doctor"  # the host's INVOKE_DOCTOR_STATE_DIR (sshd SetEnv)
+    first = cli("fab", lab_yaml, "-H", "c", "doctor", "--json", timeout_s=300)
+    full = json.loads(first.stdout)
+    assert first.returncode == (0 if full["ok"] else 1), first.stderr
+    assert Path(full["log_file"]).parent == host_state / "logs"
+    assert not any(c["cached"] for c in full["checks"])
+
+    second = cli("fab", lab_yaml, "-H", "c", "doctor.check", "--fast", "--json", timeout_s=300)
+    fast = json.loads(second.stdout)
+    assert second.returncode == (0 if fast["ok"] else 1), second.stderr
+    assert [c["name"] for c in fast["checks"] if c["cached"]] == [
+        c["name"] for c in full["checks"] if c["name"] != "server" and c["status"] != "fail"
+    ]
+
+
+def test_state_dir_the_system_refuses_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    env = {**os.environ, "INVOKE_DOCTOR_STATE_DIR": str(tmp_path / "file" / "doctor")}
+    command = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), "doctor", "--fast"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'file' / 'doctor'}: Not a directory — "
+        "check that path and the invoke.yaml setting that names it"
+    ]

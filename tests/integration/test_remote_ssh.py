@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures.server import RunningServer
 from tests.fixtures.sshd import ROOT, USER, Lab, cli, keygen
 
 DOWN = {"down": {"host": "127.0.0.1", "port": 1, "user": USER}}  # nothing listens on port 1
@@ -194,3 +195,14 @@ def test_server_start_status_stop_through_fab(ssh_lab: Lab, lab_yaml: Path) -> N
     finally:
         stopped = cli("fab", lab_yaml, "-H", "b", "server.stop", timeout_s=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def test_smoke_through_fab_runs_on_the_host_and_keeps_its_verdict(
+    lab_yaml: Path, inference_server: RunningServer
+) -> None:
+    """Host b has no key for the server: /health passes, the four API checks get 401, exit 1."""
+    url = inference_server.url
+    done = cli("fab", lab_yaml, "-H", "b", "test.smoke", "--url", url, timeout_s=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"Smoke test of {url}" in done.stdout
+    assert one_line(done.stderr).startswith("error: 4 of 5 smoke checks failed: GET /v1/models")

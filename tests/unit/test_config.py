@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from invoke.env import Environment
 
 from tasks.core import config
 from tasks.core.errors import ConfigError
@@ -68,4 +70,51 @@ def test_bad_invoke_yaml_gives_one_line_and_nonzero_exit(tmp_path: Path) -> None
         "error: invoke.yaml: 'server.port' = 'eighty': "
         "Input should be a valid integer, unable to parse string "
         "as an integer — fix the value in invoke.yaml"
+    ]
+
+
+def test_env_override_invoke_cannot_cast_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INVOKE_MODELS_FREE_SPACE_MARGIN_MB", "abc")
+    with pytest.raises(ValueError):  # what invoke itself does with it, outside any task
+        Environment(config.read_yaml(config.CONFIG_FILE), "INVOKE_").load()
+    with pytest.raises(ConfigError, match=r"^INVOKE_MODELS_FREE_SPACE_MARGIN_MB='abc': .* fix or unset"):
+        config.check_env_overrides("INVOKE_", os.environ)
+
+
+def test_env_override_of_a_list_is_refused_with_the_file_to_use() -> None:
+    with pytest.raises(ConfigError, match=r"INVOKE_DOCTOR_EXTRAS: .* set doctor.extras in ~/.invoke.yaml"):
+        config.check_env_overrides("INVOKE_", {"INVOKE_DOCTOR_EXTRAS": "server"})
+
+
+def test_env_overrides_invoke_can_cast_pass_and_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("INVOKE_")]:
+        monkeypatch.delenv(name)  # only this test's overrides
+    monkeypatch.setenv("INVOKE_MODELS_FREE_SPACE_MARGIN_MB", "7")
+    monkeypatch.setenv("INVOKE_SERVER_HOST", "0.0.0.0")
+    monkeypatch.setenv("INVOKE_DOCTOR_TTL_S_MODELS", "60")
+    monkeypatch.setenv("INVOKE_HOSTS", "ignored by invoke: an empty mapping has no keys")
+    monkeypatch.setenv("FABRIC_SERVER_PORT", "another program's prefix")
+    config.check_env_overrides("INVOKE_", os.environ)
+    assert Environment(config.read_yaml(config.CONFIG_FILE), "INVOKE_").load() == {
+        "models": {"free_space_margin_mb": 7},
+        "server": {"host": "0.0.0.0"},
+        "doctor": {"ttl_s": {"models": 60}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("program", "variable"), [("invoke", "INVOKE_SERVER_PORT"), ("fabric", "FABRIC_SERVER_PORT")]
+)
+def test_bad_env_override_gives_one_line_and_nonzero_exit(program: str, variable: str) -> None:
+    """invoke reads these before any task runs; without the check it dies with a ValueError traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", program, "models.catalog"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, variable: "eighty"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {variable}='eighty': 'server.port' must be a whole number — fix or unset {variable}"
     ]

@@ -54,8 +54,10 @@ def _settings(project_config: dict[str, Any], tmp_path: Path) -> config.Settings
 
 
 def _run(checks: list[doctor.Check], root: Path, state: Path, **kwargs: Any) -> doctor.Report:
-    inputs = doctor.Inputs(root, config.load())
-    return doctor.run_checks(checks, inputs, state, kwargs.pop("ttl", TTL), **kwargs)
+    settings = config.load()
+    inputs = doctor.Inputs(root, settings)
+    limits = {"lock_timeout_s": 0, "keep_logs": settings.doctor.keep_logs}
+    return doctor.run_checks(checks, inputs, state, kwargs.pop("ttl", TTL), **{**limits, **kwargs})
 
 
 def test_fast_rerun_reuses_passing_results(tmp_path: Path, root: Path) -> None:

@@ -86,6 +86,13 @@ def test_installed_file_of_smollm2_is_the_bundled_file(tmp_path: Path) -> None:
     assert store.installed_file(entry, _models(tmp_path)) == entry.bundled.locate()
 
 
+def test_cache_dir_that_is_a_file_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    models = _models(tmp_path)
+    models.cache_dir.write_text("not a folder")
+    with pytest.raises(HomelabError, match=r"^models.cache_dir .*/cache is a file, not a folder — point"):
+        store.disk_usage([], models)
+
+
 def test_nothing_installed_means_none_and_an_empty_state(tmp_path: Path) -> None:
     entry = catalog.load_catalog(config.PROJECT_ROOT / "catalog.yaml")["qwen"]
     models = _models(tmp_path)

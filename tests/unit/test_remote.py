@@ -157,3 +157,14 @@ def test_prefixed_lines_waits_for_whole_lines() -> None:
     assert sink.getvalue() == "gpu | downloading 10%\ngpu | done\n"
     stream.close()
     assert sink.getvalue().endswith("gpu | part\n")
+
+
+def test_sub_second_connect_timeout_still_times_out(
+    lab_config: dict[str, Any], mock_remote: MockRemote
+) -> None:
+    """fabric truncates connect_timeout to whole seconds, and 0 there means wait forever."""
+    lab_config["remote"]["connect_timeout_s"] = 0.5
+    fab_made = connection("mac", lab_config)
+    mock_remote.expect_sessions(Session(host="mac.lan", exit=0))
+    ns["models.catalog"](fab_made)
+    assert mock_remote.sessions[0].client.connect.call_args.kwargs["timeout"] == 1
