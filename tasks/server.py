@@ -189,18 +189,26 @@ def health(c: Context) -> None:
     print(f"ok: {answer['model']} on {answer['engine']} at {url}")
 
 
-@task(help={"prompt": "what to ask", "max_tokens": "cap on the answer's length (0 = until the model stops)"})
-def chat(c: Context, prompt: str, max_tokens: int = 0) -> None:
+@task(
+    help={
+        "prompt": "what to ask",
+        "max_tokens": "cap on the answer's length (default: server.chat_max_tokens; 0 there = no cap)",
+        "temperature": "sampling temperature, 0 = greedy (default: server.chat_temperature)",
+    }
+)
+def chat(c: Context, prompt: str, max_tokens: int = 0, temperature: float = -1.0) -> None:
     """Ask the running server one question and stream the answer."""
     from tasks.core import server as core
 
+    settings = _settings(c)
     served = core.current(_files(c), _served(c))
     core.chat(
         core.client_url(served),
         served.api_key,
         served.model_name,
         prompt,
-        max_tokens,
+        max_tokens or settings.chat_max_tokens,
+        settings.chat_temperature if temperature < 0 else temperature,
         on_text=lambda text: print(text, end="", flush=True),
     )
     print()

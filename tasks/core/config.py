@@ -60,6 +60,8 @@ class ServerSettings(Section):
     start_timeout_s: float = Field(gt=0)
     stop_grace_s: float = Field(gt=0)
     log_lines: int = Field(ge=1)
+    chat_temperature: float = Field(ge=0, le=2)
+    chat_max_tokens: int = Field(ge=0)
 
     _paths = field_validator("state_dir", mode="before")(lambda v: _expand(str(v)))
 

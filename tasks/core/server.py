@@ -219,7 +219,13 @@ def health(url: str) -> tuple[int, dict[str, Any]]:
 
 
 def chat(
-    url: str, api_key: str, model: str, prompt: str, max_tokens: int, on_text: Callable[[str], None]
+    url: str,
+    api_key: str,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    on_text: Callable[[str], None],
 ) -> None:
     """Stream one answer through /v1/chat/completions, calling `on_text` for each piece."""
     import httpx
@@ -228,6 +234,7 @@ def chat(
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "stream": True,
+        "temperature": temperature,
     }
     if max_tokens:
         request["max_tokens"] = max_tokens
