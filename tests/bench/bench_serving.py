@@ -169,12 +169,16 @@ async def measure(target: Target, plan: Plan) -> dict[str, Any]:
 
 
 async def paired_single_stream(engine: Target, server: Target, pairs: int) -> list[float]:
-    """Server / engine tok/s of single-stream rounds run in turn, so that a busy moment of the shared
-    machine hits both alike (both are loaded, only one decodes at a time)."""
+    """Server / engine tok/s of single-stream rounds run back to back, which goes first alternating,
+    so that a busy moment of the shared machine hits both alike (both are loaded, one decodes)."""
     ratios = []
-    for _ in range(pairs):
-        alone = await engine.run_round(1)
-        served = await server.run_round(1)
+    for i in range(pairs):
+        if i % 2:
+            served = await server.run_round(1)
+            alone = await engine.run_round(1)
+        else:
+            alone = await engine.run_round(1)
+            served = await server.run_round(1)
         ratios.append(served.aggregate_tok_s / alone.aggregate_tok_s)
     return ratios
 
