@@ -70,7 +70,7 @@ def test_greedy_answer_ends_with_usage(engine: LlamaCppEngine) -> None:
 
 
 def outcome(chunks: list[Chunk]) -> tuple[str, int]:
-    """What a sequence produced: its text and how many tokens (equal text from equal token counts)."""
+    """What a sequence produced: its text and its token count (chunks carry no token ids)."""
     return text_of(chunks), chunks[-1].completion_tokens
 
 
