@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from inference_server.engines import factory
 from inference_server.engines.base import ChatMessage, SamplingParams
 from inference_server.settings import ServerSettings
@@ -223,8 +225,8 @@ def main() -> None:
         try:
             with peer(settings, plan) as target:
                 figures[name] = asyncio.run(measure(target, plan))
-        except peers.PeerUnavailable as exc:
-            skipped[name] = str(exc)
+        except (peers.PeerUnavailable, httpx.HTTPError) as exc:  # a peer's failure is not ours
+            skipped[name] = str(exc) or type(exc).__name__
             out.print(f"[yellow]skipped {name}: {exc}[/]")
     load_after = os.getloadavg()
 
