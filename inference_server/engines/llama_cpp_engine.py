@@ -44,6 +44,7 @@ MICRO_BATCH_TOKENS = 512
 SLOT_SIMILARITY = 0.5
 # A slot about to lose at least this many cached tokens is saved to the prefix store first.
 MIN_SAVED_TOKENS = 256
+LONG_PROMPT_CHARS = 8192
 
 
 class WorkerDied(EngineError):
@@ -166,7 +167,11 @@ class LlamaCppEngine:
         return self._template.render(messages)
 
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
-        tokens = self.tokenize(prompt) or self.tokenize(self._bos_text)
+        if len(prompt) > LONG_PROMPT_CHARS:  # tokenising 20k tokens takes ~50 ms: not on the loop
+            tokens = await asyncio.to_thread(self.tokenize, prompt)
+        else:
+            tokens = self.tokenize(prompt)
+        tokens = tokens or self.tokenize(self._bos_text)
         limit = self.info.context_size
         if len(tokens) + 1 > limit:
             raise PromptTooLong(len(tokens), limit - 1)
@@ -331,8 +336,7 @@ class _Worker:
             request = self.waiting.pop(0)
             if request.cancelled:
                 continue
-            slot = self._pick_slot(free, request.tokens)
-            keep = common_prefix(slot.cached, request.tokens)
+            slot, keep = self._pick_slot(free, request.tokens)
             saved, shared = self.store.best(request.tokens)
             if len(slot.cached) - keep >= MIN_SAVED_TOKENS:
                 self._save(slot)
@@ -373,14 +377,16 @@ class _Worker:
         return shared
 
     @staticmethod
-    def _pick_slot(free: list[_Slot], tokens: list[int]) -> _Slot:
-        """The free slot sharing the longest prefix, if that is a real share of the prompt (as
-        llama-server's slot similarity); otherwise the least recently used one, so a short unrelated
-        prompt does not evict a long prefix that its owner will send again."""
-        best = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
-        if common_prefix(best.cached, tokens) >= SLOT_SIMILARITY * len(tokens):
-            return best
-        return min(free, key=lambda s: s.last_used)
+    def _pick_slot(free: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
+        """The free slot sharing the longest prefix (and how long), if that is a real share of the
+        prompt (as llama-server's slot similarity); otherwise the least recently used one, so a short
+        unrelated prompt does not evict a long prefix that its owner will send again."""
+        shares = [(common_prefix(slot.cached, tokens), -slot.last_used, slot) for slot in free]
+        shared, _, best = max(shares, key=lambda s: s[:2])
+        if shared >= SLOT_SIMILARITY * len(tokens):
+            return best, shared
+        _, _, oldest = min(shares, key=lambda s: -s[1])
+        return oldest, common_prefix(oldest.cached, tokens)
 
     def _sampler(self, params: SamplingParams) -> Any:
         if params.temperature <= 0:

@@ -1,9 +1,9 @@
 """Load generation shared by the benchmarks: N concurrent streams, aggregate tok/s and time to first token.
 
-`drive_http` drives any OpenAI-compatible `/v1/chat/completions` (this project's server, llama-server,
-llama-cpp-python's server) with a fresh connection per request, as separate clients would;
-`drive_streams` does the same for anything that yields text pieces, such as an engine in-process.
-Both return the same `Round`, so engine and server figures are measured the same way.
+`drive_streams` starts N streams together, whatever they are: chat completions from any
+OpenAI-compatible server (`stream_chat`: this project's, llama-server, llama-cpp-python's; a fresh
+connection per request, as separate clients would) or generations of an engine in-process. Every
+target gives the same `Round`, so engine and server figures are measured the same way.
 """
 
 from __future__ import annotations
@@ -105,13 +105,15 @@ async def stream_chat(
     timeout_s: float = 600,
 ) -> Stream:
     """One streamed chat completion on a fresh connection. Tokens come from the final usage when the
-    server reports it, else one per content delta (what llama-server and llama-cpp-python send)."""
+    server reports it, else one per content delta (what llama-cpp-python sends); reused prompt tokens
+    from OpenAI's `prompt_tokens_details` or llama-server's `timings.cache_n`."""
     import httpx
 
     started = time.perf_counter()
     first = 0.0
     deltas = 0
     usage: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
     async with (
         httpx.AsyncClient(base_url=base_url, timeout=timeout_s, headers=headers) as client,
         client.stream("POST", "/v1/chat/completions", json=body) as response,
@@ -122,6 +124,7 @@ async def stream_chat(
                 continue
             event = json.loads(line[5:])
             usage = event.get("usage") or usage
+            timings = event.get("timings") or timings
             for choice in event.get("choices", []):
                 if choice.get("delta", {}).get("content"):
                     deltas += 1
@@ -132,23 +135,6 @@ async def stream_chat(
         ttft_s=first,
         total_s=time.perf_counter() - started,
         tokens=int(usage.get("completion_tokens") or deltas),
-        cached_tokens=int(details.get("cached_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or timings.get("cache_n") or 0),
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
     )
-
-
-async def drive_http(
-    base_url: str,
-    concurrency: int,
-    *,
-    model: str = "default",
-    max_tokens: int = 128,
-    headers: dict[str, str] | None = None,
-) -> Round:
-    """`concurrency` streamed chat completions at once against an OpenAI-compatible server."""
-
-    def start(i: int) -> Awaitable[Stream]:
-        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-        return stream_chat(base_url, chat_request(model, messages, max_tokens), headers=headers)
-
-    return await drive_streams(start, concurrency)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -26,12 +25,6 @@ PORTABLE_CMAKE_ARGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "
 
 class PeerUnavailable(Exception):
     """The peer cannot run here; the message says why, for the benchmark's skip line."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_llama_server(scratch: Path) -> Path:

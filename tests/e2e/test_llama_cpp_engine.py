@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -68,17 +69,54 @@ def test_greedy_answer_ends_with_usage(engine: LlamaCppEngine) -> None:
     assert all(chunk.finish_reason is None for chunk in chunks[:-1])
 
 
-def test_concurrent_greedy_streams_match_each_prompt_run_alone(engine: LlamaCppEngine) -> None:
-    prompts = [ask(engine, q) for q in QUESTIONS]
+def outcome(chunks: list[Chunk]) -> tuple[str, int]:
+    """What a sequence produced: its text and its token count (chunks carry no token ids)."""
+    return text_of(chunks), chunks[-1].completion_tokens
 
-    async def scenario() -> tuple[list[str], list[str]]:
-        alone = [text_of(await collect(engine, p)) for p in prompts]
-        together = await asyncio.gather(*(collect(engine, p) for p in prompts))
-        return alone, [text_of(chunks) for chunks in together]
+
+def test_concurrent_streams_match_each_request_run_alone(engine: LlamaCppEngine) -> None:
+    """Greedy and seeded-sampling requests batched together each produce what they produce alone:
+    sampling settings stay with their request."""
+    requests = [(ask(engine, q), GREEDY) for q in QUESTIONS[:3]]
+    requests.append((ask(engine, QUESTIONS[3]), SamplingParams(max_tokens=12, temperature=1.0, seed=3)))
+
+    async def scenario() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        alone = [outcome(await collect(engine, p, params)) for p, params in requests]
+        together = await asyncio.gather(*(collect(engine, p, params) for p, params in requests))
+        return alone, [outcome(chunks) for chunks in together]
 
     alone, together = asyncio.run(scenario())
     assert together == alone
-    assert len(set(alone)) > 1
+    assert len({text for text, _ in alone}) == len(alone)
+
+
+async def follow(stream: AsyncIterator[Chunk], into: list[Chunk], started: asyncio.Event) -> None:
+    async for chunk in stream:
+        into.append(chunk)
+        started.set()
+
+
+def test_a_request_joins_a_running_batch_without_waiting_for_it(engine: LlamaCppEngine) -> None:
+    story = ask(engine, "Write a long story about a lighthouse keeper.")
+    question = ask(engine, QUESTIONS[0])
+
+    async def scenario() -> tuple[list[Chunk], list[Chunk], list[Chunk]]:
+        alone = await collect(engine, question)
+        running: list[Chunk] = []
+        started = asyncio.Event()
+        long_stream = engine.generate(story, SamplingParams(max_tokens=400, temperature=0))
+        follower = asyncio.create_task(follow(long_stream, running, started))
+        await started.wait()
+        joined = await collect(engine, question)
+        story_when_joined_ended = list(running)
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        return alone, joined, story_when_joined_ended
+
+    alone, joined, story_when_joined_ended = asyncio.run(scenario())
+    assert outcome(joined) == outcome(alone)
+    assert story_when_joined_ended and story_when_joined_ended[-1].finish_reason is None
 
 
 def test_same_seed_gives_the_same_sample_and_another_seed_differs(engine: LlamaCppEngine) -> None:
@@ -93,21 +131,49 @@ def test_same_seed_gives_the_same_sample_and_another_seed_differs(engine: LlamaC
     assert any(sample(seed) != first for seed in (8, 9, 10))
 
 
-def test_closing_the_stream_cancels_and_frees_the_slot() -> None:
-    engine = make_engine(slots=1, context_size=2048)
-    try:
+def test_a_closed_stream_leaves_the_batch_at_once_and_its_slot_is_reused(engine: LlamaCppEngine) -> None:
+    """With every slot taken by long stories, closing one lets a new request in while the others
+    keep generating; without the freed slot it would wait for a 1,000-token story to end."""
+    stories = [
+        ask(engine, f"Tell me a long story about {topic}.") for topic in ("a cat", "a dog", "a fox", "a ship")
+    ]
+    long = SamplingParams(max_tokens=1000, temperature=0)
 
-        async def scenario() -> list[Chunk]:
-            stream = engine.generate(ask(engine, "Tell me a long story."), SamplingParams(max_tokens=2000))
-            await anext(stream)
-            await stream.aclose()  # type: ignore[attr-defined]
-            # The only slot must be free again: a second request gets an answer at once.
-            return await asyncio.wait_for(collect(engine, ask(engine, "Hi")), timeout=30)
+    async def scenario() -> tuple[list[Chunk], list[list[Chunk]]]:
+        running: list[list[Chunk]] = [[] for _ in stories]
+        started = [asyncio.Event() for _ in stories]
+        followers = [
+            asyncio.create_task(follow(engine.generate(story, long), chunks, event))
+            for story, chunks, event in zip(stories, running, started, strict=True)
+        ]
+        await asyncio.gather(*(event.wait() for event in started))
+        followers[0].cancel()  # what the server does when its client disconnects
+        newcomer = await asyncio.wait_for(collect(engine, ask(engine, "Hi")), timeout=60)
+        others_when_newcomer_ended = [list(chunks) for chunks in running[1:]]
+        for follower in followers:
+            follower.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+        return newcomer, others_when_newcomer_ended
 
-        chunks = asyncio.run(scenario())
-        assert chunks[-1].finish_reason in ("stop", "length")
-    finally:
-        engine.close()
+    newcomer, others = asyncio.run(scenario())
+    assert newcomer[-1].finish_reason in ("stop", "length")
+    assert all(chunks[-1].finish_reason is None for chunks in others)
+
+
+def test_a_repeated_long_prompt_reports_its_prefix_as_cached(engine: LlamaCppEngine) -> None:
+    document = " ".join(f"Fact {i}: the sky over city {i} is clear today." for i in range(60))
+    prompt = ask(engine, f"{document}\nWhich city has the clearest sky?")
+
+    async def twice() -> tuple[Chunk, Chunk]:
+        first = await collect(engine, prompt)
+        second = await collect(engine, prompt)
+        return first[-1], second[-1]
+
+    first, second = asyncio.run(twice())
+    assert second.prompt_tokens == first.prompt_tokens > 500
+    # All but the last prompt token, which is decoded again to get the logits of the first answer token.
+    assert second.cached_tokens == second.prompt_tokens - 1
+    assert first.cached_tokens < 0.5 * first.prompt_tokens
 
 
 def test_second_turn_with_a_long_system_prompt_reuses_its_prefix() -> None:
