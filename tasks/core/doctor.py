@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from tasks.core import config
 from tasks.core.errors import ConfigError, HomelabError
+from tasks.core.processes import alive
 
 PHASES = ("environment", "configuration", "models", "server", "hosts", "disk")
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -138,16 +139,6 @@ class Inputs:
 # --- lock, state and logs -----------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _holder(lock: Path) -> int | None:
     try:
         return int(lock.read_text().strip())
@@ -174,7 +165,7 @@ def run_lock(lock: Path, timeout_s: float, poll_s: float = 0.1) -> Iterator[list
                 break
             except FileExistsError:
                 holder = _holder(lock)
-                if holder is not None and not _alive(holder):
+                if holder is not None and not alive(holder):
                     lock.unlink(missing_ok=True)
                     notes.append(f"removed a stale lock left by pid {holder}, which is no longer running")
                     continue
@@ -507,7 +498,7 @@ def _server(settings: config.Settings) -> Outcome:
     healthy, health = _health(url, timeout_s=2)
     if healthy:
         return Outcome("ok", f"healthy at {url}" + (f" (pid {pid})" if pid else ""))
-    if pid is not None and not _alive(pid):
+    if pid is not None and not alive(pid):
         remedy = Fix(f"remove the stale pidfile {pidfile}", lambda: pidfile.unlink(missing_ok=True))
         return Outcome("warn", f"stale pidfile: pid {pid} is gone ({url}/health: {health})", [remedy])
     if pid is not None:

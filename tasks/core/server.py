@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from tasks.core import catalog, convert, store
 from tasks.core.config import PROJECT_ROOT, ModelsSettings, Settings
 from tasks.core.errors import HomelabError
+from tasks.core.processes import alive
 
 # `inv` puts only tasks/ on sys.path; without `pip install -e .` the server package beside it is
 # found through the checkout itself (appended, so an installed copy still wins).
@@ -167,12 +168,12 @@ def stop(files: StateFiles, grace_s: float) -> int | None:
     pid = _read_pid(files)
     if pid is None:
         return None
-    if _alive(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s + SHUTDOWN_MARGIN_S
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if alive(pid):
             _kill(pid)
     _forget(files)
     return pid
@@ -183,7 +184,7 @@ def status(files: StateFiles) -> Status | None:
     pid = _read_pid(files)
     if pid is None:
         return None
-    if not _alive(pid):
+    if not alive(pid):
         _forget(files)
         return None
     served = served_file.load(files.settings)
@@ -333,27 +334,12 @@ def _read_pid(files: StateFiles) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that already exited
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    while _alive(pid):
+    while alive(pid):
         time.sleep(0.05)
 
 
