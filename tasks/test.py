@@ -112,6 +112,10 @@ def memory(c: Context, url: str = "", pid: int = 0, budget_mb: int = 0, requests
     concurrency = settings.test.memory_concurrency
     loadtest.check_load_bounds(target, requests, concurrency, settings.test.stress_max_requests, False)
     budget_mb = budget_mb or settings.test.memory_budget_mb
+    if budget_mb < 0:
+        raise HomelabError(
+            f"--budget-mb {budget_mb} is negative", "give a budget in MB, e.g. --budget-mb 2048"
+        )
     result = loadtest.memory(
         target,
         pid or loadtest.listening_pid(target.url),

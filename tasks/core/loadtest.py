@@ -349,8 +349,11 @@ def memory(target: Target, pid: int, budget_mb: int, requests: int, concurrency:
 
 def target(settings: Settings, url: str = "", model: str = "") -> Target:
     """The server to test: the URL given, else the configured server on this machine."""
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise HomelabError(f"'{url}' is not a server URL", "give one like http://127.0.0.1:8080")
     return Target(
-        url=url or server_url(settings.server.host, settings.server.port),
+        url=url.rstrip("/") or server_url(settings.server.host, settings.server.port),
         api_key=settings.server.api_key,
         timeout_s=settings.test.request_timeout_s,
         max_tokens=settings.test.max_tokens,

@@ -79,3 +79,18 @@ def test_memory_finds_the_listening_server_and_judges_the_budget(inference_serve
     assert generous.peak_mb >= generous.idle_mb > 50  # the 98 MB model is mapped in
     tight = loadtest.memory(target, inference_server.pid, budget_mb=1, requests=1, concurrency=1)
     assert not tight.within_budget
+
+
+def test_memory_refuses_a_negative_budget_before_any_request() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "test.memory", "--budget-mb", "-1", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        == "error: --budget-mb -1 is negative — give a budget in MB, e.g. --budget-mb 2048"
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tasks.core import loadtest
+from tasks.core import config, loadtest
 from tasks.core.errors import HomelabError
 
 
@@ -32,3 +34,13 @@ def test_loopback_urls_are_allowed(url: str) -> None:
 def test_wildcard_bind_is_reached_over_loopback() -> None:
     assert loadtest.server_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
     assert loadtest.server_url("::1", 8080) == "http://[::1]:8080"
+
+
+@pytest.mark.parametrize("url", ["nonsense", "127.0.0.1:8080", "ftp://127.0.0.1", "http://"])
+def test_a_url_that_names_no_http_server_is_refused(url: str, project_config: dict[str, Any]) -> None:
+    with pytest.raises(HomelabError, match=f"'{url}' is not a server URL"):
+        loadtest.target(config.validate(project_config), url)
+
+
+def test_a_url_given_with_a_trailing_slash_is_used_without_it(project_config: dict[str, Any]) -> None:
+    assert loadtest.target(config.validate(project_config), "http://127.0.0.1:9/").url == "http://127.0.0.1:9"
