@@ -13,7 +13,7 @@ from inference_server.engines.base import ChatMessage, EngineError, SamplingPara
 from inference_server.errors import body
 from inference_server.generation import Outcome, Stream
 from inference_server.runtime import Runtime
-from inference_server.streaming import EventStream, sse, unless_disconnected
+from inference_server.streaming import HOLE, EventStream, filler, sse, unless_disconnected
 
 BILLING_HEADER = "x-anthropic-billing-header:"
 _STOP_REASONS: dict[str, p.StopReason] = {
@@ -108,11 +108,12 @@ class AnthropicServing:
         yield _event("message_start", {"message": start.model_dump()})
         yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
         yield _event("ping", {})
+        text_delta = filler(
+            _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": HOLE}})
+        )
         try:
             async for text in stream.texts():
-                yield _event(
-                    "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}}
-                )
+                yield text_delta(text)
         except EngineError as exc:
             yield _event("error", body("server", str(exc), anthropic=True))
             return

@@ -15,7 +15,7 @@ from inference_server.errors import ApiError, body
 from inference_server.generation import Outcome, Stream
 from inference_server.openai import protocol as p
 from inference_server.runtime import Runtime
-from inference_server.streaming import EventStream, sse, unless_disconnected
+from inference_server.streaming import HOLE, EventStream, filler, sse, unless_disconnected
 
 _ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
     "system": "system",
@@ -102,7 +102,7 @@ class OpenAIServing:
                 return events
 
             first = chunk(p.Delta(role="assistant", content=""))
-            return _event_stream(stream, first, lambda text: chunk(p.Delta(content=text)), last)
+            return _event_stream(stream, first, filler(chunk(p.Delta(content=HOLE))), last)
         text = await unless_disconnected(request, stream.text())
         outcome = _outcome(stream)
         choice = p.ChatChoice(message=p.AssistantMessage(content=text), finish_reason=finish_reason(outcome))
@@ -144,7 +144,7 @@ class OpenAIServing:
                 return events
 
             first = _event(completion(echoed, None, None))
-            return _event_stream(stream, first, lambda text: _event(completion(text, None, None)), last)
+            return _event_stream(stream, first, filler(_event(completion(HOLE, None, None))), last)
         text = await unless_disconnected(request, stream.text())
         outcome = _outcome(stream)
         return completion(echoed + text, finish_reason(outcome), usage(outcome))

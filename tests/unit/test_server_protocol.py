@@ -18,6 +18,7 @@ from inference_server.errors import body
 from inference_server.openai import protocol as openai_protocol
 from inference_server.openai.serving import to_messages as openai_messages
 from inference_server.settings import ServerSettings
+from inference_server.streaming import HOLE, filler, sse
 
 SETTINGS = {
     "model_name": "smollm2",
@@ -173,3 +174,11 @@ def test_health_and_the_apis_answer_503_until_the_model_is_loaded() -> None:
         "type": "overloaded_error",
         "message": "not ready: the model is still loading",
     }
+
+
+@pytest.mark.parametrize("text", ["Hello", ' quotes " and \\ back', "é ☃ \u2028 line\nbreak", "\x00"])
+def test_filled_event_is_the_event_serialized_with_that_text(text: str) -> None:
+    data = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    template = {**data, "delta": {"type": "text_delta", "text": HOLE}}
+
+    assert filler(sse(template, event="content_block_delta"))(text) == sse(data, event="content_block_delta")
