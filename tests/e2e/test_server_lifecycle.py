@@ -20,6 +20,7 @@ from inference_server.app import create_app
 from tasks.core import server as core
 from tasks.core.config import PROJECT_ROOT
 from tasks.core.errors import HomelabError
+from tasks.core.processes import alive
 from tests.fixtures.server import free_port, settings_for_test
 
 INV = [sys.executable, "-m", "invoke"]
@@ -204,7 +205,7 @@ def test_sigterm_lets_an_inflight_stream_finish(own_server: Callable[..., Any]) 
                     finish_reasons.append(choice["finish_reason"])
         stopper.join(timeout=TIMEOUT)
         assert done and finish_reasons in (["stop"], ["length"])
-        assert not core._alive(server.pid)
+        assert not alive(server.pid)
         assert not server.files.pidfile.exists()
 
 
