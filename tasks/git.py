@@ -82,9 +82,9 @@ def _confirm(action: str, yes: bool) -> None:
 
 
 def _say(text: str) -> None:
-    from tasks.core.console import console
+    from tasks.core.console import say
 
-    console().print(text, markup=False, soft_wrap=True)  # one line per item, whatever the width
+    say(text, markup=False)  # git's output may hold brackets that are not markup
 
 
 def _working(text: str) -> AbstractContextManager[Any]:

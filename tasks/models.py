@@ -28,9 +28,9 @@ def _entry(c: Context, name: str) -> tuple[ModelsSettings, CatalogEntry]:
 
 
 def _say(text: str) -> None:
-    from tasks.core.console import console
+    from tasks.core.console import say
 
-    console().print(text, soft_wrap=True)
+    say(text)
 
 
 @task

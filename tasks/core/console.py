@@ -12,6 +12,11 @@ def console() -> Any:
     return Console(highlight=False)
 
 
+def say(text: str, markup: bool = True) -> None:
+    """One message, never wrapped mid-item: long lines stay whole whatever the terminal width."""
+    console().print(text, markup=markup, soft_wrap=True)
+
+
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     from rich.table import Table
 

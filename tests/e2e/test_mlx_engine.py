@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -155,21 +155,31 @@ def test_a_new_request_joins_the_running_batch_instead_of_waiting(mlx_engine: Ml
     assert "".join(c.text for c in short) == "The capital of"
 
 
-def test_close_cancels_the_request_in_flight(mlx_smollm2_dir: Path) -> None:
-    engine = MlxEngine(mlx_smollm2_dir, model_name="smollm2-mlx", context_size=MLX_TEST_CONTEXT)
-    engine.start()
-    assert engine.healthy()
-    prompt = engine.render_chat([ChatMessage("user", "Write a very long essay about rivers.")])
+def _stream_interrupted_after_first_chunk(
+    engine: MlxEngine, prompt: str, interrupt: Callable[[], object]
+) -> list[Chunk]:
+    """A long greedy answer, with `interrupt` called once its first chunk has arrived."""
 
     async def run() -> list[Chunk]:
         chunks = []
         async for chunk in engine.generate(prompt, SamplingParams(max_tokens=200, temperature=0)):
             chunks.append(chunk)
             if len(chunks) == 1:
-                threading.Thread(target=engine.close).start()
+                interrupt()
         return chunks
 
-    chunks = asyncio.run(asyncio.wait_for(run(), timeout=60))
+    return asyncio.run(asyncio.wait_for(run(), timeout=60))
+
+
+def test_close_cancels_the_request_in_flight(mlx_smollm2_dir: Path) -> None:
+    engine = MlxEngine(mlx_smollm2_dir, model_name="smollm2-mlx", context_size=MLX_TEST_CONTEXT)
+    engine.start()
+    assert engine.healthy()
+    prompt = engine.render_chat([ChatMessage("user", "Write a very long essay about rivers.")])
+
+    chunks = _stream_interrupted_after_first_chunk(
+        engine, prompt, threading.Thread(target=engine.close).start
+    )
     assert chunks[-1].finish_reason == "cancelled"
     assert chunks[-1].completion_tokens < 200
     assert not engine.healthy()
@@ -192,17 +202,13 @@ def test_a_dead_worker_ends_streams_with_error_and_reports_unhealthy(mlx_smollm2
     [worker] = [t for t in threading.enumerate() if t.name == "mlx-engine doomed"]
     prompt = engine.render_chat([ChatMessage("user", "Write a very long essay about rivers.")])
 
-    async def run() -> list[Chunk]:
-        chunks = []
-        async for chunk in engine.generate(prompt, SamplingParams(max_tokens=200, temperature=0)):
-            chunks.append(chunk)
-            if len(chunks) == 1:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(worker.ident), ctypes.py_object(SystemExit)
-                )
-        return chunks
-
-    chunks = asyncio.run(asyncio.wait_for(run(), timeout=60))
+    chunks = _stream_interrupted_after_first_chunk(
+        engine,
+        prompt,
+        lambda: ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(worker.ident), ctypes.py_object(SystemExit)
+        ),
+    )
     worker.join(timeout=10)
     assert chunks[-1].finish_reason == "error"
     assert not engine.healthy()
