@@ -20,20 +20,14 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from tasks.core import catalog, convert, store
-from tasks.core.config import PROJECT_ROOT, ModelsSettings, Settings
-from tasks.core.errors import HomelabError
-from tasks.core.processes import alive
-
-# `inv` puts only tasks/ on sys.path; without `pip install -e .` the server package beside it is
-# found through the checkout itself (appended, so an installed copy still wins).
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.append(str(PROJECT_ROOT))
-
 from inference_server import settings as served_file
 from inference_server.engines import factory
 from inference_server.engines.base import EngineError
 from inference_server.settings import ServerSettings
+from tasks.core import catalog, convert, store
+from tasks.core.config import PROJECT_ROOT, ModelsSettings, Settings
+from tasks.core.errors import HomelabError
+from tasks.core.processes import alive
 
 SHUTDOWN_MARGIN_S = 5.0  # after the grace period the engine still has to stop its worker
 
