@@ -1,8 +1,11 @@
-"""What both APIs share: admission, the engine stream, stop strings, counts and metrics.
+"""What both APIs share: tokenising, admission, the engine stream, tool-call events, stop strings,
+counts and metrics.
 
-Stop strings are matched here rather than in the engine: text that could be the start of a stop
-string is held back until it is known not to be one, and a match closes the engine's iterator, which
-ends the generation and frees its slot at once.
+A prompt is tokenised once, off the event loop, and the engine gets the ids. Tool calls are parsed
+out of the generated text by the model family's parser, so both APIs see the same events. Stop
+strings are matched here rather than in the engine, on the text outside tool calls: text that could
+be the start of a stop string is held back until it is known not to be one, and a match closes the
+engine's iterator, which ends the generation and frees its slot at once.
 """
 
 from __future__ import annotations
@@ -11,14 +14,28 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from inference_server.admission import Admission, QueueFull
-from inference_server.engines.base import Chunk, Engine, EngineError, PromptTooLong, SamplingParams
+from inference_server.engines.base import (
+    ChatMessage,
+    Chunk,
+    Engine,
+    EngineError,
+    PromptTooLong,
+    SamplingParams,
+    TokenConstraint,
+    ToolSpec,
+)
 from inference_server.errors import ApiError, ContextLengthError
 from inference_server.metrics import Metrics
+from inference_server.toolcalls.events import CallEnd, Event, TextDelta
 
-FinishReason = Literal["stop", "length", "stop_sequence"]
+FinishReason = Literal["stop", "length", "stop_sequence", "tool_calls"]
+
+# No tokenizer packs more characters than this into one token: a prompt longer than the context times
+# this is refused before it is tokenised (a 12 MB body would otherwise cost seconds of tokenising).
+MAX_CHARS_PER_TOKEN = 32
 
 
 class StopMatcher:
@@ -56,6 +73,34 @@ class StopMatcher:
 
 
 @dataclass(frozen=True)
+class ChatPrompt:
+    messages: Sequence[ChatMessage]
+    tools: Sequence[ToolSpec] = ()
+
+    def characters(self) -> int:
+        return sum(len(m.content) for m in self.messages) + sum(len(str(t.parameters)) for t in self.tools)
+
+
+Prompt = ChatPrompt | str
+
+
+class CallParser(Protocol):
+    def feed(self, text: str) -> list[Event]: ...
+
+    def close(self) -> list[Event]: ...
+
+
+class _PlainText:
+    """No tools: every piece of text is text."""
+
+    def feed(self, text: str) -> list[Event]:
+        return [TextDelta(text)] if text else []
+
+    def close(self) -> list[Event]:
+        return []
+
+
+@dataclass(frozen=True)
 class Outcome:
     finish_reason: FinishReason
     stop_sequence: str | None
@@ -65,7 +110,8 @@ class Outcome:
 
 
 class Stream:
-    """One admitted generation: iterate `texts()`, then read `outcome`; `aclose()` frees the slot."""
+    """One admitted generation: iterate `events()` (or `texts()`), then read `outcome`; `aclose()`
+    frees the slot. Errors after the first chunk raise ApiError("server", ...)."""
 
     def __init__(
         self,
@@ -74,39 +120,59 @@ class Stream:
         first: Chunk,
         prompt_tokens: int,
         stops: Sequence[str],
+        parser: CallParser,
         started: float,
     ) -> None:
         self._service = service
         self._chunks = chunks
         self._first: Chunk | None = first
         self._matcher = StopMatcher(stops)
+        self._parser = parser
         self._started = started
         self._closed = False
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
+        self.calls = 0
         self.outcome: Outcome | None = None
 
-    async def texts(self) -> AsyncIterator[str]:
+    async def events(self) -> AsyncIterator[Event]:
         try:
             async for chunk in self._all_chunks():
                 self.completion_tokens = max(self.completion_tokens + 1, chunk.completion_tokens)
-                text, stop = self._matcher.feed(chunk.text)
-                if text:
-                    yield text
-                if stop is not None:
-                    self._finish("stop_sequence", stop, chunk)
-                    return
+                parsed = self._parser.feed(chunk.text)
+                if chunk.finish_reason is not None:
+                    parsed += self._parser.close()
+                for event in parsed:
+                    if not isinstance(event, TextDelta):
+                        self.calls += isinstance(event, CallEnd)
+                        yield event
+                        continue
+                    text, stop = self._matcher.feed(event.text)
+                    if text:
+                        yield TextDelta(text)
+                    if stop is not None:
+                        self._finish("stop_sequence", stop, chunk)
+                        return
                 if chunk.finish_reason is not None:
                     if rest := self._matcher.flush():
-                        yield rest
+                        yield TextDelta(rest)
                     self._finish_engine(chunk)
                     return
-            raise EngineError("the engine ended a stream without a finish reason")
+            raise ApiError("server", "the engine ended a stream without a finish reason")
         finally:
             await self.aclose()
 
+    async def texts(self) -> AsyncIterator[str]:
+        """Only the text (no tools were declared, so there are no call events)."""
+        async for event in self.events():
+            if isinstance(event, TextDelta):
+                yield event.text
+
     async def text(self) -> str:
         return "".join([piece async for piece in self.texts()])
+
+    async def collect(self) -> list[Event]:
+        return [event async for event in self.events()]
 
     async def _all_chunks(self) -> AsyncIterator[Chunk]:
         if self._first is not None:
@@ -120,9 +186,10 @@ class Stream:
         if last.finish_reason == "length":
             self._finish("length", None, last)
         elif last.finish_reason == "stop":
-            self._finish("stop", None, last)
+            self._finish("tool_calls" if self.calls else "stop", None, last)
         else:
-            raise EngineError(f"generation {last.finish_reason}: the engine is shutting down or failed")
+            detail = last.error or "the engine is shutting down or failed"
+            raise ApiError("server", f"generation {last.finish_reason}: {detail}")
 
     def _finish(self, reason: FinishReason, stop: str | None, last: Chunk) -> None:
         self.prompt_tokens = last.prompt_tokens or self.prompt_tokens
@@ -135,9 +202,7 @@ class Stream:
             return
         self._closed = True
         try:
-            aclose = getattr(self._chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await _aclose(self._chunks)
         finally:
             self._service.admission.release()
             self._service.metrics.prompt_tokens.inc(self.prompt_tokens)
@@ -146,43 +211,85 @@ class Stream:
                 self._service.metrics.cached_tokens.inc(self.outcome.cached_tokens)
 
 
+async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 class Generation:
-    """Turns a rendered prompt into an admitted, primed Stream, or an ApiError before any output."""
+    """Turns a prompt into an admitted, primed Stream, or an ApiError before any output."""
 
     def __init__(self, engine: Engine, admission: Admission, metrics: Metrics) -> None:
         self.engine = engine
         self.admission = admission
         self.metrics = metrics
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(self.engine.tokenize(prompt))
+    async def tokens(self, prompt: Prompt) -> list[int]:
+        """The prompt's ids, tokenised once and off the event loop; too long is a 400 either way."""
+        self._check_engine()
+        limit = self.engine.info.context_size - 1
+        characters = prompt.characters() if isinstance(prompt, ChatPrompt) else len(prompt)
+        if characters > (limit + 1) * MAX_CHARS_PER_TOKEN:
+            raise ContextLengthError(characters // MAX_CHARS_PER_TOKEN, limit)
+        try:
+            if isinstance(prompt, ChatPrompt):
+                return await asyncio.to_thread(self.engine.chat_tokens, prompt.messages, prompt.tools)
+            return await asyncio.to_thread(self.engine.tokenize, prompt)
+        except EngineError as exc:
+            raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
 
-    async def start(self, prompt: str, params: SamplingParams, stops: Sequence[str]) -> Stream:
+    async def count_tokens(self, prompt: Prompt) -> int:
+        return len(await self.tokens(prompt))
+
+    async def start(
+        self, prompt: Prompt, params: SamplingParams, stops: Sequence[str], plan: Any = None
+    ) -> Stream:
         """Wait for a slot and the first chunk, so a full queue or a too-long prompt is an HTTP error.
 
-        `params.max_tokens` 0 means: until the model stops or the context is full.
+        `plan` (a toolcalls.ConstraintPlan) constrains the answer and parses tool calls out of it.
         """
         started = time.monotonic()
-        if not self.engine.healthy():
-            raise ApiError("overloaded", "the engine is not running: see the server log", retry_after_s=5)
+        tokens = await self.tokens(prompt)
+        limit = self.engine.info.context_size - 1
+        if len(tokens) > limit:
+            raise ContextLengthError(len(tokens), limit)
+        constraint, parser = await self._constraint(plan)
         try:
             await self.admission.acquire()
         except QueueFull as exc:
             raise ApiError("overloaded", f"{exc}; retry later", retry_after_s=1) from None
-        prompt_tokens = await asyncio.to_thread(self.count_tokens, prompt)
-        if params.max_tokens <= 0:
-            params = replace(params, max_tokens=max(1, self.engine.info.context_size - prompt_tokens))
-        chunks = self.engine.generate(prompt, params)
+        chunks = None
         try:
+            chunks = self.engine.generate(tokens, params, constraint)
             first = await anext(aiter(chunks))
+            if first.finish_reason == "error":
+                raise EngineError(first.error or "the engine failed this request")
         except BaseException as exc:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            self.admission.release()
+            try:
+                if chunks is not None:
+                    await _aclose(chunks)
+            finally:
+                self.admission.release()
             if isinstance(exc, PromptTooLong):
                 raise ContextLengthError(exc.prompt_tokens, exc.limit) from None
             if isinstance(exc, EngineError):
                 raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
             raise
-        return Stream(self, chunks, first, prompt_tokens, stops, started)
+        return Stream(self, chunks, first, len(tokens), stops, parser, started)
+
+    async def _constraint(self, plan: Any) -> tuple[TokenConstraint | None, CallParser]:
+        if plan is None:
+            return None, _PlainText()
+        from inference_server import toolcalls
+
+        family = toolcalls.family_for_template(self.engine.template_source)
+        plan = replace(plan, family=family)
+        tokenizer = await asyncio.to_thread(self.engine.grammar_tokenizer)
+        constraint = await asyncio.to_thread(toolcalls.compile_constraint, plan, tokenizer)
+        parser = family.new_parser() if plan.kind == "tools" else _PlainText()
+        return constraint, parser
+
+    def _check_engine(self) -> None:
+        if not self.engine.healthy():
+            raise ApiError("overloaded", "the engine is not running: see the server log", retry_after_s=5)

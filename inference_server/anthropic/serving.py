@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 
 from inference_server.anthropic import protocol as p
-from inference_server.engines.base import ChatMessage, EngineError, SamplingParams
-from inference_server.errors import body
-from inference_server.generation import Outcome, Stream
+from inference_server.engines.base import ChatMessage, SamplingParams
+from inference_server.errors import ApiError, body
+from inference_server.generation import ChatPrompt, Outcome, Stream
 from inference_server.runtime import Runtime
 from inference_server.streaming import HOLE, EventStream, filler, sse, unless_disconnected
 
@@ -69,13 +69,15 @@ class AnthropicServing:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def prompt(self, request: p.CountTokensRequest) -> str:
+    def prompt(self, request: p.CountTokensRequest) -> ChatPrompt:
         self.runtime.check_model(request.model)
         strip = self.runtime.settings.strip_billing_header
-        return self.runtime.engine.render_chat(to_messages(request, strip_billing_header=strip))
+        return ChatPrompt(to_messages(request, strip_billing_header=strip))
 
-    def count_tokens(self, request: p.CountTokensRequest) -> p.CountTokensResponse:
-        return p.CountTokensResponse(input_tokens=self.runtime.generation.count_tokens(self.prompt(request)))
+    async def count_tokens(self, request: p.CountTokensRequest) -> p.CountTokensResponse:
+        return p.CountTokensResponse(
+            input_tokens=await self.runtime.generation.count_tokens(self.prompt(request))
+        )
 
     async def messages(self, request: Request, body_: p.MessagesRequest) -> p.MessageResponse | EventStream:
         params = SamplingParams(
@@ -83,7 +85,8 @@ class AnthropicServing:
             temperature=1.0 if body_.temperature is None else body_.temperature,
             top_p=1.0 if body_.top_p is None else body_.top_p,
         )
-        stream = await self.runtime.generation.start(self.prompt(body_), params, body_.stop_sequences)
+        start = self.runtime.generation.start(self.prompt(body_), params, body_.stop_sequences)
+        stream = await unless_disconnected(request, start)
         ident = f"msg_{uuid.uuid4().hex}"
         if body_.stream:
             return EventStream(self._events(ident, body_.model, stream), on_close=stream.aclose)
@@ -114,8 +117,8 @@ class AnthropicServing:
         try:
             async for text in stream.texts():
                 yield text_delta(text)
-        except EngineError as exc:
-            yield _event("error", body("server", str(exc), anthropic=True))
+        except ApiError as exc:
+            yield _event("error", body(exc.kind, exc.message, anthropic=True))
             return
         outcome = stream.outcome
         assert outcome is not None, "a finished stream has an outcome"

@@ -1,28 +1,52 @@
 """The small interface between the HTTP layer and an engine.
 
-The HTTP layer renders prompts and relays chunks; it never imports a backend library. An engine owns
-one long-lived worker thread that does every decode (llama.cpp gives each decoding thread its own
-OpenMP pool, so a second decoding thread costs two thirds of the speed); the event loop only submits
-requests and awaits chunks. Several streams may be in flight at once: an engine may batch them.
+The HTTP layer renders and tokenises a prompt once (off the event loop) and hands the engine token
+ids; it never imports a backend library. An engine owns one long-lived worker thread that does every
+decode (llama.cpp gives each decoding thread its own OpenMP pool, so a second decoding thread costs
+two thirds of the speed); the event loop only submits requests and awaits chunks. Several streams may
+be in flight at once: an engine may batch them.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call in the history (an assistant turn) or one the model just made."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A declared tool, whichever API declared it."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of an object
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns
+    tool_call_id: str = ""  # tool turns: the call this answers
+    name: str = ""  # tool turns: the tool's name
 
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """`max_tokens` 0 means as many as the context has room for."""
+
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
@@ -38,13 +62,14 @@ class Chunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    error: str = ""  # why, when finish_reason is "error"
 
 
 @dataclass(frozen=True)
 class EngineInfo:
     model: str
     engine: str
-    context_size: int
+    context_size: int  # the longest sequence one request may use, prompt and answer together
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -59,8 +84,34 @@ class PromptTooLong(EngineError):
         super().__init__(f"prompt is too long: {prompt_tokens} tokens > {limit} maximum")
 
 
+class TokenConstraint(Protocol):
+    """Which tokens may come next, for one sequence; only the engine's worker thread calls it."""
+
+    def fill_mask(self, bitmask: Any) -> bool:
+        """Write the allowed next tokens into `bitmask` (int32 words, bit i of the row = token i);
+        False when nothing is constrained right now (a lazy grammar before its trigger)."""
+
+    def accept(self, token: int) -> None:
+        """Every sampled token, constrained or not."""
+
+    def stopped(self) -> bool:
+        """The grammar is complete and nothing may follow: the sequence ends here."""
+
+
+def apply_bitmask(logits: Any, bitmask: Any) -> None:
+    """Disallowed tokens' logits to -inf, in place (numpy arrays: float32 logits, int32 bitmask)."""
+    import numpy as np
+
+    allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[: logits.shape[0]]
+    logits[allowed == 0] = -np.inf
+
+
 class Engine(Protocol):
     info: EngineInfo
+
+    @property
+    def template_source(self) -> str | None:
+        """The model's own chat template, which says how it writes tool calls (None: it has none)."""
 
     def start(self) -> None:
         """Load the model and start the worker thread (blocking; call off the event loop)."""
@@ -68,13 +119,24 @@ class Engine(Protocol):
     def healthy(self) -> bool:
         """True while the worker thread is alive and the model loaded."""
 
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str) -> list[int]:
+        """A raw prompt's ids, special tokens parsed (what /v1/completions sends is trusted)."""
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        """The model's own chat template applied, ready for generation."""
+    def chat_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> list[int]:
+        """The chat template applied and tokenised; special tokens are parsed only in the template's
+        own text, never inside message content (no role injection). Blocking: call off the loop."""
 
-    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
-        """Stream chunks; closing the iterator early cancels the request and frees its slot."""
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
+        """The chat template applied, as text (for /v1/completions-style debugging and tests)."""
+
+    def grammar_tokenizer(self) -> Any:
+        """The tokenizer constraints are compiled against (built once)."""
+
+    def generate(
+        self, tokens: list[int], params: SamplingParams, constraint: TokenConstraint | None = None
+    ) -> AsyncIterator[Chunk]:
+        """An async generator: every error (PromptTooLong included) surfaces at the first `anext`;
+        closing it early cancels the request and frees its slot."""
 
     def close(self) -> None:
         """Stop the worker; requests in flight end with finish_reason 'cancelled'."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NoReturn
 
-from inference_server.engines.base import ChatMessage, EngineError
+from inference_server.engines.base import ChatMessage, EngineError, ToolSpec
 
 # What llama-server falls back to when a model ships no template.
 CHATML = (
@@ -39,7 +39,7 @@ class ChatTemplate:
         self._bos_token = bos_token
         self._eos_token = eos_token
 
-    def render(self, messages: Sequence[ChatMessage]) -> str:
+    def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
         from jinja2 import TemplateError
 
         try:

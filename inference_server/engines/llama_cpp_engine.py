@@ -1,10 +1,17 @@
-"""GGUF models on llama.cpp: continuous batching over a few slots of one context, with prefix reuse.
+"""GGUF models on llama.cpp: continuous batching over one unified KV cache, with prefix reuse.
 
 One worker thread owns the llama.cpp context and does every decode (see base.py for why). Each step it
-admits waiting requests into free slots, puts one token per generating stream plus chunks of new
-prompts into one batch, decodes it once, samples each stream's next token and relays the text to the
-event loop. A slot keeps the KV cache of its last request, and a new request takes the free slot that
-shares the longest prefix with its prompt, so a conversation's next turn recomputes only its tail.
+admits waiting requests, puts one token per generating stream plus chunks of new prompts into one
+batch, decodes it once, samples each stream's next token and relays the text to the event loop.
+
+The sequences share one KV cache (llama.cpp's unified cache, llama-server's default): any one request
+may use the whole context, short ones batch around it. A request is admitted when its reservation
+fits beside the others': its prompt plus `max_tokens` when that fits the context ("firm"), else its
+prompt plus a fair share (context / slots) that grows while the cache has room ("elastic": what a
+client asking for 128k tokens, or for no limit, gets). What does not fit waits, first come first
+served. A slot keeps the KV cache of its last request while the room is not needed, and a new request
+takes the free slot that shares the longest prefix with its prompt, so a conversation's next turn
+recomputes only its tail; a cached prefix that must make room is saved to the prefix store first.
 """
 
 from __future__ import annotations
@@ -30,9 +37,13 @@ from inference_server.engines.base import (
     FinishReason,
     PromptTooLong,
     SamplingParams,
+    TokenConstraint,
+    ToolSpec,
+    apply_bitmask,
 )
 from inference_server.engines.chat_template import ChatTemplate
 from inference_server.engines.prefix_store import PrefixStore, SavedPrefix, common_prefix
+from inference_server.engines.untrusted import split_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +55,16 @@ MICRO_BATCH_TOKENS = 512
 SLOT_SIMILARITY = 0.5
 # A slot about to lose at least this many cached tokens is saved to the prefix store first.
 MIN_SAVED_TOKENS = 256
-LONG_PROMPT_CHARS = 8192
+# An elastic request's reservation grows by this many tokens at a time while the cache has room.
+GROW_TOKENS = 256
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on; macOS has no sched_getaffinity, so all of them there."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is not None:
+        return len(getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class WorkerDied(EngineError):
@@ -53,13 +73,21 @@ class WorkerDied(EngineError):
 
 @dataclass(eq=False)
 class _Request:
-    """One generation, shared by the event loop (which reads chunks) and the worker (which writes)."""
+    """One generation, shared by the event loop (which reads chunks) and the worker (which writes);
+    everything after `cancelled` is the worker's, and stays with the request, not the slot."""
 
     tokens: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
+    constraint: TokenConstraint | None = None
     chunks: asyncio.Queue[Chunk] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    reserved: int = 0  # KV cells promised to this request
+    firm: bool = False  # max_tokens fits the context: the whole answer is reserved up front
+    sampler: Any = None  # llama_sampler chain, None for greedy
+    decoder: codecs.IncrementalDecoder | None = None
+    cached_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,10 +106,6 @@ class _Slot:
     request: _Request | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not decoded yet
     next_token: int | None = None  # sampled, to be decoded next step
-    sampler: Any = None  # llama_sampler chain, None for greedy
-    decoder: codecs.IncrementalDecoder | None = None
-    cached_tokens: int = 0
-    completion_tokens: int = 0
     last_used: int = 0
 
 
@@ -104,11 +128,11 @@ class LlamaCppEngine:
         threads: int = 0,
         use_extra_bufts: bool = False,
     ) -> None:
-        if slots < 1 or context_size // slots < 2:
-            raise EngineError(f"context_size {context_size} cannot be split into {slots} slots")
+        if slots < 1 or context_size < 2:
+            raise EngineError(f"context_size {context_size} with {slots} slots cannot serve a request")
         self.model_path = model_path
         self.slots = slots
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or available_cpus()
         self.prefix_cache_bytes = prefix_cache_bytes
         # Extra buffer types repack weights for the CPU; on VMs that report AMX they fault on the
         # first decode (ggml_backend_amx_mul_mat), so they are off unless asked for.
@@ -117,18 +141,23 @@ class LlamaCppEngine:
         self.info = EngineInfo(
             model=model_name,
             engine="llama_cpp",
-            context_size=context_size // slots,
-            extra={"slots": str(slots), "context_total": str(context_size), "threads": str(self.threads)},
+            context_size=context_size,
+            extra={"slots": str(slots), "kv_cache": "unified", "threads": str(self.threads)},
         )
         self._inbox: queue.SimpleQueue[_Request | _Kill | None] = queue.SimpleQueue()
         self._accepting = False
         self._submit_lock = threading.Lock()
+        self._vocab_lock = threading.Lock()  # tokenising never races the worker freeing the model
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._template: ChatTemplate | None = None
+        self._template_source: str | None = None
         self._vocab: Any = None
+        self._n_vocab = 0
+        self._grammar_tokenizer: Any = None
         self._bos_text = ""
+        self._eos_text = ""
 
     # -- the Engine protocol, called from the event loop or the server's threads -------------------
 
@@ -147,35 +176,45 @@ class LlamaCppEngine:
             and self._thread.is_alive()
             and self._ready.is_set()
             and self._failure is None
+            and self._accepting
         )
 
     def tokenize(self, text: str) -> list[int]:
-        import llama_cpp
+        return self._tokenize([(text, False)])
 
-        if self._vocab is None:
-            raise EngineError("engine not started")
-        data = text.encode()
-        room = len(data) + 2
-        buf = (llama_cpp.llama_token * room)()
-        add_special = not (self._bos_text and text.startswith(self._bos_text))
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, room, add_special, True)
-        return buf[:n]
+    def chat_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> list[int]:
+        rendered = self.render_chat(messages, tools)
+        return self._tokenize(split_untrusted(rendered, [m.content for m in messages]))
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
         if self._template is None:
             raise EngineError("engine not started")
-        return self._template.render(messages)
+        return self._template.render(messages, tools)
 
-    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
-        if len(prompt) > LONG_PROMPT_CHARS:  # tokenising 20k tokens takes ~50 ms: not on the loop
-            tokens = await asyncio.to_thread(self.tokenize, prompt)
-        else:
-            tokens = self.tokenize(prompt)
+    @property
+    def template_source(self) -> str | None:
+        """The model's own chat template (None: the ChatML fallback), for choosing a tool format."""
+        return self._template_source
+
+    def grammar_tokenizer(self) -> Any:
+        with self._vocab_lock:
+            if self._vocab is None:
+                raise self._not_running()
+            if self._grammar_tokenizer is None:
+                from inference_server.toolcalls import tokenizers
+
+                self._grammar_tokenizer = tokenizers.from_llama_vocab(self._vocab, self._n_vocab)
+            return self._grammar_tokenizer
+
+    async def generate(
+        self, tokens: list[int], params: SamplingParams, constraint: TokenConstraint | None = None
+    ) -> AsyncIterator[Chunk]:
+        if not self.healthy():
+            raise self._not_running()
         tokens = tokens or self.tokenize(self._bos_text)
-        limit = self.info.context_size
-        if len(tokens) + 1 > limit:
-            raise PromptTooLong(len(tokens), limit - 1)
-        request = _Request(tokens, params, asyncio.get_running_loop())
+        if len(tokens) + 1 > self.context_size:
+            raise PromptTooLong(len(tokens), self.context_size - 1)
+        request = _Request(tokens, params, asyncio.get_running_loop(), constraint)
         self._submit(request)
         try:
             while True:
@@ -197,10 +236,32 @@ class LlamaCppEngine:
         'error', healthy() turns false and later requests are refused."""
         self._inbox.put(_Kill(reason))
 
+    def _tokenize(self, spans: Sequence[tuple[str, bool]]) -> list[int]:
+        """Spans of trusted text (special tokens parsed) and client text (parsed as plain text);
+        BOS first unless the text already starts with it."""
+        import llama_cpp
+
+        ids: list[int] = []
+        with self._vocab_lock:
+            if self._vocab is None:
+                raise self._not_running()
+            for i, (text, client_text) in enumerate(spans):
+                data = text.encode(errors="replace")  # a lone surrogate is the client's mistake
+                room = len(data) + 2
+                buf = (llama_cpp.llama_token * room)()
+                add_bos = i == 0 and not (self._bos_text and text.startswith(self._bos_text))
+                special = not client_text
+                n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, room, add_bos, special)
+                ids += buf[:n]
+        return ids
+
+    def _not_running(self) -> EngineError:
+        return EngineError(f"engine worker is not running ({self._failure or 'stopped'})")
+
     def _submit(self, request: _Request) -> None:
         with self._submit_lock:
             if not self._accepting:
-                raise EngineError(f"engine worker is not running ({self._failure or 'stopped'})")
+                raise self._not_running()
             self._inbox.put(request)
 
     # -- the worker thread -------------------------------------------------------------------------
@@ -228,7 +289,9 @@ class LlamaCppEngine:
                 if isinstance(item, _Request):
                     orphans.append(item)
             if worker is not None:
-                worker.shut_down(reason, orphans)
+                with self._vocab_lock:
+                    self._vocab = None
+                    worker.shut_down(reason, orphans)
 
 
 class _Worker:
@@ -252,7 +315,7 @@ class _Worker:
         ctx_params = llama_cpp.llama_context_default_params()  # keeps flash attention on AUTO
         ctx_params.n_ctx = engine.context_size
         ctx_params.n_seq_max = engine.slots
-        ctx_params.kv_unified = False
+        ctx_params.kv_unified = True
         ctx_params.n_batch = BATCH_TOKENS
         ctx_params.n_ubatch = MICRO_BATCH_TOKENS
         ctx_params.n_threads = ctx_params.n_threads_batch = engine.threads
@@ -261,27 +324,30 @@ class _Worker:
             llama_cpp.llama_model_free(self.model)
             raise EngineError("llama.cpp could not create a context (out of memory?)")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self.ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.bitmask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)
         self.batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
         self.slots = [_Slot(seq_id=i) for i in range(engine.slots)]
+        self.elastic_share = max(GROW_TOKENS, self.n_ctx // engine.slots)
         self.waiting: list[_Request] = []
         self.outbox: list[tuple[_Request, Chunk]] = []
         self.pieces: dict[int, bytes] = {}
         self.store = PrefixStore(engine.prefix_cache_bytes)
         self.clock = itertools.count(1)
 
-        engine.info.extra["n_ctx_seq"] = str(self.n_ctx_seq)
-        engine.info = EngineInfo(engine.info.model, engine.info.engine, self.n_ctx_seq, engine.info.extra)
         bos = llama_cpp.llama_vocab_bos(self.vocab)
         eos = llama_cpp.llama_vocab_eos(self.vocab)
         engine._bos_text = self._piece(bos, special=True).decode(errors="replace") if bos >= 0 else ""
+        engine._eos_text = self._piece(eos, special=True).decode(errors="replace") if eos >= 0 else ""
+        engine._template_source = self._metadata("tokenizer.chat_template")
         engine._template = ChatTemplate(
-            self._metadata("tokenizer.chat_template"),
-            bos_token=engine._bos_text,
-            eos_token=self._piece(eos, special=True).decode(errors="replace") if eos >= 0 else "",
+            engine._template_source, bos_token=engine._bos_text, eos_token=engine._eos_text
         )
+        engine._n_vocab = self.n_vocab
         engine._vocab = self.vocab
+        engine.context_size = self.n_ctx
+        engine.info = EngineInfo(engine.info.model, engine.info.engine, self.n_ctx, engine.info.extra)
         self._warm_up(max(bos, 0))
 
     def _metadata(self, key: str) -> str | None:
@@ -328,33 +394,103 @@ class _Worker:
             self._step()
             self._flush()
 
+    # -- room in the KV cache ----------------------------------------------------------------------
+
+    def _reservation(self, request: _Request) -> tuple[int, bool]:
+        """Cells to promise a request, and whether that covers its whole answer."""
+        prompt = len(request.tokens)
+        room = self.n_ctx - prompt
+        wanted = request.params.max_tokens
+        if 0 < wanted <= room:
+            return prompt + wanted, True
+        return prompt + min(room, self.elastic_share), False
+
+    def _committed(self) -> int:
+        """Cells promised to running requests plus cells idle slots still hold."""
+        return sum(s.request.reserved if s.request else len(s.cached) for s in self.slots)
+
+    def _make_room(self, spare: _Slot | None = None) -> None:
+        """Drop idle slots' cached prefixes, least recently used first (saving the long ones), until
+        the promises fit the cache."""
+        idle = sorted(
+            (s for s in self.slots if s.request is None and s.cached and s is not spare),
+            key=lambda s: s.last_used,
+        )
+        for slot in idle:
+            if self._committed() <= self.n_ctx:
+                return
+            self._evict(slot)
+
+    def _evict(self, slot: _Slot) -> None:
+        if len(slot.cached) >= MIN_SAVED_TOKENS:
+            self._save(slot)
+        self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        slot.cached = []
+
     def _admit(self) -> None:
         while self.waiting:
+            request = self.waiting[0]
+            if request.cancelled:
+                self.waiting.pop(0)
+                continue
             free = [slot for slot in self.slots if slot.request is None]
             if not free:
                 return
-            request = self.waiting.pop(0)
-            if request.cancelled:
-                continue
-            slot, keep = self._pick_slot(free, request.tokens)
-            saved, shared = self.store.best(request.tokens)
-            if len(slot.cached) - keep >= MIN_SAVED_TOKENS:
-                self._save(slot)
-            if saved is not None and shared > keep:
-                keep = self._restore(slot, saved, shared)
-            keep = min(keep, len(request.tokens) - 1)
-            if not self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1):
-                self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-                keep = 0
-            del slot.cached[keep:]
-            slot.request = request
-            slot.pending = request.tokens[keep:]
-            slot.next_token = None
-            slot.cached_tokens = keep
-            slot.completion_tokens = 0
-            slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            slot.sampler = self._sampler(request.params)
-            slot.last_used = next(self.clock)
+            reserved, firm = self._reservation(request)
+            active = sum(s.request.reserved for s in self.slots if s.request is not None)
+            if active + reserved > self.n_ctx:
+                return  # first come, first served: it waits for room, and so do the ones behind it
+            self.waiting.pop(0)
+            try:
+                self._place(request, free, reserved, firm)
+            except Exception as exc:  # one request's failure (its sampler, its grammar) is its own
+                log.exception("admitting a request failed")
+                self.outbox.append((request, Chunk("", "error", len(request.tokens), error=str(exc))))
+                for slot in self.slots:
+                    if slot.request is request:
+                        self._release(slot)
+
+    def _place(self, request: _Request, free: list[_Slot], reserved: int, firm: bool) -> None:
+        slot, keep = self._pick_slot(free, request.tokens)
+        if len(slot.cached) - keep >= MIN_SAVED_TOKENS:
+            self._save(slot)
+        keep = min(keep, len(request.tokens) - 1)
+        self._trim(slot, keep)
+        request.reserved, request.firm = reserved, firm
+        slot.request = request
+        self._make_room(spare=slot)
+        saved, shared = self.store.best(request.tokens)
+        fits = self._committed() - reserved + len(saved.tokens) <= self.n_ctx if saved else False
+        if saved is not None and shared > keep and fits:
+            keep = min(self._restore(slot, saved, shared), len(request.tokens) - 1)
+            self._trim(slot, keep)
+        slot.pending = request.tokens[keep:]
+        slot.next_token = None
+        slot.last_used = next(self.clock)
+        request.cached_tokens = keep
+        request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        request.sampler = self._sampler(request.params)
+
+    def _trim(self, slot: _Slot, keep: int) -> None:
+        if not self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1):
+            self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            keep = 0
+        del slot.cached[keep:]
+
+    def _grow(self, slot: _Slot) -> bool:
+        """Room for one more token of an elastic request, or False when the cache has none left."""
+        request = slot.request
+        assert request is not None
+        if len(slot.cached) < request.reserved:
+            return True
+        if request.firm or len(slot.cached) >= self.n_ctx:
+            return False
+        request.reserved = min(self.n_ctx, request.reserved + GROW_TOKENS)
+        self._make_room()
+        if self._committed() <= self.n_ctx:
+            return True
+        request.reserved = len(slot.cached)
+        return False
 
     def _save(self, slot: _Slot) -> None:
         """Copy a slot's sequence state into the prefix store before it is overwritten."""
@@ -400,6 +536,8 @@ class _Worker:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
         return chain
 
+    # -- one step ----------------------------------------------------------------------------------
+
     def _step(self) -> None:
         for slot in self.slots:
             if slot.request is not None and slot.request.cancelled:
@@ -410,6 +548,7 @@ class _Worker:
             if slot.request is not None and slot.next_token is not None:
                 self._add(n, slot.next_token, len(slot.cached), slot.seq_id, logits=True)
                 slot.cached.append(slot.next_token)
+                slot.next_token = None
                 sample_at.append((slot, n))
                 n += 1
         prefilling = [s for s in self.slots if s.request is not None and s.pending]
@@ -429,7 +568,11 @@ class _Worker:
             return
         self._decode(n)
         for slot, index in sample_at:
-            self._sample(slot, index)
+            try:
+                self._sample(slot, index)
+            except Exception as exc:  # its constraint failed: that request ends, the batch goes on
+                log.exception("sampling failed")
+                self._finish(slot, "error", str(exc))
 
     def _add(self, i: int, token: int, pos: int, seq_id: int, *, logits: bool) -> None:
         batch = self.batch
@@ -446,44 +589,59 @@ class _Worker:
             raise WorkerDied(f"llama_decode failed with code {rc}")
 
     def _sample(self, slot: _Slot, index: int) -> None:
-        assert slot.request is not None and slot.decoder is not None
-        if slot.sampler is None:
-            logits = self.ll.llama_get_logits_ith(self.ctx, index)
+        request = slot.request
+        assert request is not None and request.decoder is not None
+        constraint = request.constraint
+        logits = self.ll.llama_get_logits_ith(self.ctx, index)
+        if constraint is not None and constraint.fill_mask(self.bitmask):
+            apply_bitmask(self.np.ctypeslib.as_array(logits, shape=(self.n_vocab,)), self.bitmask)
+        if request.sampler is None:
             token = int(self.np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
         else:
-            token = self.ll.llama_sampler_sample(slot.sampler, self.ctx, index)
+            token = self.ll.llama_sampler_sample(request.sampler, self.ctx, index)
         slot.last_used = next(self.clock)
+        if constraint is not None:
+            constraint.accept(token)
         if self.ll.llama_vocab_is_eog(self.vocab, token):
             self._finish(slot, "stop")
             return
-        slot.completion_tokens += 1
+        request.completion_tokens += 1
         piece = self.pieces.get(token)
         if piece is None:
             piece = self.pieces[token] = self._piece(token)
-        text = slot.decoder.decode(piece)
+        text = request.decoder.decode(piece)
         if text:
-            self.outbox.append((slot.request, Chunk(text)))
-        if slot.completion_tokens >= slot.request.params.max_tokens or len(slot.cached) >= self.n_ctx_seq:
+            self.outbox.append((request, Chunk(text)))
+        if constraint is not None and constraint.stopped():
+            self._finish(slot, "stop")
+        elif request.completion_tokens >= (request.params.max_tokens or self.n_ctx) or not self._grow(slot):
             self._finish(slot, "length")
         else:
             slot.next_token = token
 
-    def _finish(self, slot: _Slot, reason: FinishReason) -> None:
+    def _finish(self, slot: _Slot, reason: FinishReason, error: str = "") -> None:
         request = slot.request
-        assert request is not None and slot.decoder is not None
+        assert request is not None
         if not request.cancelled:
-            tail = slot.decoder.decode(b"", final=True)
+            tail = request.decoder.decode(b"", final=True) if request.decoder else ""
             usage = Chunk(
                 tail,
                 finish_reason=reason,
                 prompt_tokens=len(request.tokens),
-                completion_tokens=slot.completion_tokens,
-                cached_tokens=slot.cached_tokens,
+                completion_tokens=request.completion_tokens,
+                cached_tokens=request.cached_tokens,
+                error=error,
             )
             self.outbox.append((request, usage))
-        if slot.sampler is not None:
-            self.ll.llama_sampler_free(slot.sampler)
-        slot.request = slot.sampler = slot.decoder = slot.next_token = None
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        request = slot.request
+        if request is not None and request.sampler is not None:
+            self.ll.llama_sampler_free(request.sampler)
+            request.sampler = None
+        slot.request = None
+        slot.next_token = None
         slot.pending = []
 
     def _flush(self) -> None:

@@ -27,7 +27,12 @@ from inference_server.engines.base import (
     FinishReason,
     PromptTooLong,
     SamplingParams,
+    TokenConstraint,
+    ToolSpec,
+    apply_bitmask,
 )
+from inference_server.engines.chat_template import ChatTemplate
+from inference_server.engines.untrusted import split_untrusted
 
 _log = logging.getLogger(__name__)
 _WORKER_CHECK_S = 1.0  # how often a waiting stream checks that the worker is still alive
@@ -38,6 +43,7 @@ class _Request:
     prompt: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
+    constraint: TokenConstraint | None = None
     chunks: asyncio.Queue[Chunk] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -65,6 +71,8 @@ class MlxEngine:
         self._thread: threading.Thread | None = None
         self._model: Any = None
         self._tokenizer: Any = None
+        self._template: ChatTemplate | None = None
+        self._grammar_tokenizer: Any = None
 
     def start(self) -> None:
         if self._thread is not None:
@@ -85,34 +93,38 @@ class MlxEngine:
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids as generation sees them: BOS added unless the text already starts with it."""
-        tokenizer = self._ready_tokenizer()
-        bos = tokenizer.bos_token
-        return list(tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos))))
+        return self._encode([(text, False)])
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        tokenizer = self._ready_tokenizer()
-        if not tokenizer.chat_template:
-            raise EngineError(f"{self.info.model} has no chat template; use /v1/completions")
-        turns = [{"role": m.role, "content": m.content} for m in messages]
-        return str(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+    def chat_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> list[int]:
+        rendered = self.render_chat(messages, tools)
+        return self._encode(split_untrusted(rendered, [m.content for m in messages]))
 
-    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
-        """Checks run now (so a caller can answer 400 before streaming); tokens come when iterated."""
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
+        """The model's own template through the same renderer as the GGUF engine, so both write
+        tools, calls and results alike."""
+        if self._template is None:
+            raise EngineError("the MLX engine is not loaded yet")
+        return self._template.render(messages, tools)
+
+    @property
+    def template_source(self) -> str | None:
+        return self._ready_tokenizer().chat_template or None
+
+    def grammar_tokenizer(self) -> Any:
+        if self._grammar_tokenizer is None:
+            from inference_server.toolcalls import tokenizers
+
+            self._grammar_tokenizer = tokenizers.from_hf(self._ready_tokenizer())
+        return self._grammar_tokenizer
+
+    async def generate(
+        self, tokens: list[int], params: SamplingParams, constraint: TokenConstraint | None = None
+    ) -> AsyncIterator[Chunk]:
         if not self.healthy():
             raise EngineError("the MLX engine is not running")
-        ids = self.tokenize(prompt)
-        if len(ids) > self.info.context_size:
-            raise PromptTooLong(len(ids), self.info.context_size)
-        return self._stream(ids, params)
-
-    def close(self) -> None:
-        self._closing.set()
-        self._requests.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    async def _stream(self, ids: list[int], params: SamplingParams) -> AsyncIterator[Chunk]:
-        request = _Request(ids, params, asyncio.get_running_loop())
+        if len(tokens) > self.info.context_size:
+            raise PromptTooLong(len(tokens), self.info.context_size)
+        request = _Request(tokens, params, asyncio.get_running_loop(), constraint)
         self._requests.put(request)
         try:
             while True:
@@ -120,7 +132,7 @@ class MlxEngine:
                     chunk = await asyncio.wait_for(request.chunks.get(), _WORKER_CHECK_S)
                 except TimeoutError:
                     if self._thread is None or not self._thread.is_alive():
-                        yield Chunk("", "error", prompt_tokens=len(ids))
+                        yield Chunk("", "error", prompt_tokens=len(tokens), error="the MLX worker stopped")
                         return
                     continue
                 yield chunk
@@ -128,6 +140,22 @@ class MlxEngine:
                     return
         finally:
             request.cancelled.set()
+
+    def _encode(self, spans: Sequence[tuple[str, bool]]) -> list[int]:
+        """Trusted spans with special tokens parsed, client text without (no role injection)."""
+        tokenizer = self._ready_tokenizer()
+        bos = tokenizer.bos_token
+        ids: list[int] = []
+        for i, (text, client_text) in enumerate(spans):
+            add_bos = i == 0 and not (bos and text.startswith(bos))
+            ids += tokenizer.encode(text, add_special_tokens=add_bos, split_special_tokens=client_text)
+        return ids
+
+    def close(self) -> None:
+        self._closing.set()
+        self._requests.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
     def _ready_tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -140,6 +168,11 @@ class MlxEngine:
 
             loaded = load(str(self._model_dir))
             self._model, self._tokenizer = loaded[0], loaded[1]
+            self._template = ChatTemplate(
+                self._tokenizer.chat_template,
+                bos_token=self._tokenizer.bos_token or "",
+                eos_token=self._tokenizer.eos_token or "",
+            )
         except Exception as exc:  # reported by start(), in the caller's thread
             self._load_error = exc
         finally:
@@ -182,12 +215,25 @@ class _Batch:
             self._generator.close()
 
     def _admit(self, request: _Request) -> None:
-        budget = min(request.params.max_tokens, self._context_size - len(request.prompt))
+        """Join the batch; a request that cannot (its sampler, its grammar) fails alone."""
+        room = self._context_size - len(request.prompt)
+        budget = min(request.params.max_tokens or room, room)
         if budget <= 0 or not request.prompt:
             reason: FinishReason = "length" if request.prompt else "error"
-            request.send(Chunk("", reason, prompt_tokens=len(request.prompt)))
+            request.send(Chunk("", reason, prompt_tokens=len(request.prompt), error="empty prompt"))
             return
-        [uid] = self._generator.insert([request.prompt], [budget], samplers=[_sampler(request.params)])
+        try:
+            processors = [_masker(request.constraint)] if request.constraint is not None else []
+            [uid] = self._generator.insert(
+                [request.prompt],
+                [budget],
+                samplers=[_sampler(request.params)],
+                logits_processors=[processors],
+            )
+        except Exception as exc:
+            _log.exception("admitting an MLX request failed")
+            request.send(Chunk("", "error", prompt_tokens=len(request.prompt), error=str(exc)))
+            return
         self._active[uid] = _Active(request, self._tokenizer.detokenizer)
 
     def _drop_cancelled(self) -> None:
@@ -211,6 +257,10 @@ class _Batch:
             active = self._active[response.uid]
             if response.finish_reason is None:
                 active.add(response.token)
+                if active.request.constraint is not None and active.request.constraint.stopped():
+                    self._generator.remove([response.uid])
+                    del self._active[response.uid]
+                    active.finish("stop")
             elif response.finish_reason == "stop":  # the end-of-sequence token is not part of the answer
                 del self._active[response.uid]
                 active.finish("stop")
@@ -229,6 +279,8 @@ class _Active:
     completed: int = 0
 
     def add(self, token: int, *, send: bool = True) -> None:
+        if self.request.constraint is not None:
+            self.request.constraint.accept(token)
         self.detokenizer.add_token(token)
         self.completed += 1
         if send and (text := self.detokenizer.last_segment):
@@ -239,6 +291,23 @@ class _Active:
         prompt_tokens = len(self.request.prompt)
         text = self.detokenizer.last_segment if reason != "cancelled" else ""
         self.request.send(Chunk(text, reason, prompt_tokens=prompt_tokens, completion_tokens=self.completed))
+
+
+def _masker(constraint: TokenConstraint) -> Callable[[Any, Any], Any]:
+    """A logits processor: the constraint's allowed tokens, the rest at -inf."""
+    import mlx.core as mx
+    import numpy as np
+
+    def mask(tokens: Any, logits: Any) -> Any:
+        vocab = logits.shape[-1]
+        bitmask = np.zeros((vocab + 31) // 32, dtype=np.int32)
+        if not constraint.fill_mask(bitmask):
+            return logits
+        row = np.array(logits.astype(mx.float32)).reshape(-1)
+        apply_bitmask(row, bitmask)
+        return mx.array(row).reshape(logits.shape).astype(logits.dtype)
+
+    return mask
 
 
 def _sampler(params: SamplingParams) -> Callable[[Any], Any]:

@@ -10,9 +10,9 @@ from typing import Literal
 from fastapi import Request
 from pydantic import BaseModel
 
-from inference_server.engines.base import ChatMessage, EngineError, SamplingParams
+from inference_server.engines.base import ChatMessage, SamplingParams
 from inference_server.errors import ApiError, body
-from inference_server.generation import Outcome, Stream
+from inference_server.generation import ChatPrompt, Outcome, Stream
 from inference_server.openai import protocol as p
 from inference_server.runtime import Runtime
 from inference_server.streaming import HOLE, EventStream, filler, sse, unless_disconnected
@@ -79,9 +79,10 @@ class OpenAIServing:
 
     async def chat(self, request: Request, body_: p.ChatCompletionRequest) -> p.ChatCompletion | EventStream:
         self.runtime.check_model(body_.model)
-        prompt = self.runtime.engine.render_chat(to_messages(body_.messages))
+        prompt = ChatPrompt(to_messages(body_.messages))
         params = sampling(body_, body_.max_completion_tokens or body_.max_tokens)
-        stream = await self.runtime.generation.start(prompt, params, stop_list(body_.stop))
+        start = self.runtime.generation.start(prompt, params, stop_list(body_.stop))
+        stream = await unless_disconnected(request, start)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body_.stream:
             include_usage = bool(body_.stream_options and body_.stream_options.include_usage)
@@ -116,9 +117,10 @@ class OpenAIServing:
         if len(prompts) != 1:
             raise ApiError("invalid_request", "prompt: send one prompt per request")
         prompt = prompts[0]
-        stream = await self.runtime.generation.start(
+        start = self.runtime.generation.start(
             prompt, sampling(body_, body_.max_tokens), stop_list(body_.stop)
         )
+        stream = await unless_disconnected(request, start)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         echoed = prompt if body_.echo else ""
 
@@ -170,8 +172,8 @@ def _event_stream(
         try:
             async for text in stream.texts():
                 yield piece(text)
-        except EngineError as exc:
-            yield sse(body("server", str(exc), anthropic=False))
+        except ApiError as exc:
+            yield sse(body(exc.kind, exc.message, anthropic=False))
             return
         for event in last(_outcome(stream)):
             yield event

@@ -32,7 +32,9 @@ async def one_stream(engine: MlxEngine, prompt: str) -> tuple[float, int]:
     start = time.perf_counter()
     first = 0.0
     tokens = 0
-    async for chunk in engine.generate(prompt, SamplingParams(max_tokens=GENERATED, temperature=0)):
+    async for chunk in engine.generate(
+        engine.tokenize(prompt), SamplingParams(max_tokens=GENERATED, temperature=0)
+    ):
         first = first or time.perf_counter() - start
         tokens = chunk.completion_tokens or tokens
     return first, tokens

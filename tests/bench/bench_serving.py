@@ -82,7 +82,7 @@ def engine_target(settings: ServerSettings, plan: Plan) -> Iterator[Target]:
         prompt = engine.render_chat([ChatMessage(m["role"], m["content"]) for m in messages])  # type: ignore[arg-type]
         started = time.perf_counter()
         first = 0.0
-        async for chunk in engine.generate(prompt, params):
+        async for chunk in engine.generate(engine.tokenize(prompt), params):
             if chunk.text and not first:
                 first = time.perf_counter() - started
             if chunk.finish_reason:

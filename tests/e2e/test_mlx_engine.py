@@ -24,7 +24,7 @@ FRANCE = [ChatMessage("user", "What is the capital of France?")]
 
 def collect(engine: MlxEngine, prompt: str, params: SamplingParams) -> list[Chunk]:
     async def run() -> list[Chunk]:
-        return [chunk async for chunk in engine.generate(prompt, params)]
+        return [chunk async for chunk in engine.generate(engine.tokenize(prompt), params)]
 
     return asyncio.run(run())
 
@@ -61,9 +61,11 @@ def test_a_seed_reproduces_its_sample_even_beside_another_stream(mlx_engine: Mlx
 
     async def beside_a_neighbour() -> list[Chunk]:
         neighbour = mlx_engine.generate(
-            mlx_engine.render_chat(FRANCE), SamplingParams(max_tokens=6, temperature=0)
+            mlx_engine.tokenize(mlx_engine.render_chat(FRANCE)), SamplingParams(max_tokens=6, temperature=0)
         )
-        both = await asyncio.gather(_drain(mlx_engine.generate(prompt, params)), _drain(neighbour))
+        both = await asyncio.gather(
+            _drain(mlx_engine.generate(mlx_engine.tokenize(prompt), params)), _drain(neighbour)
+        )
         return both[0]
 
     alone = collect(mlx_engine, prompt, params)
@@ -75,7 +77,7 @@ def test_a_seed_reproduces_its_sample_even_beside_another_stream(mlx_engine: Mlx
 def test_prompt_longer_than_context_is_refused_before_streaming(mlx_engine: MlxEngine) -> None:
     prompt = "word " * (MLX_TEST_CONTEXT + 10)
     with pytest.raises(PromptTooLong) as caught:
-        mlx_engine.generate(prompt, GREEDY)
+        collect(mlx_engine, prompt, GREEDY)
     tokens = len(mlx_engine.tokenize(prompt))
     assert str(caught.value) == f"prompt is too long: {tokens} tokens > {MLX_TEST_CONTEXT} maximum"
 
@@ -98,11 +100,15 @@ def test_closing_the_stream_cancels_and_frees_the_worker(mlx_engine: MlxEngine) 
     prompt = mlx_engine.render_chat([ChatMessage("user", "Write a very long essay about rivers.")])
 
     async def run() -> list[Chunk]:
-        stream = mlx_engine.generate(prompt, SamplingParams(max_tokens=MLX_TEST_CONTEXT, temperature=0))
+        stream = mlx_engine.generate(
+            mlx_engine.tokenize(prompt), SamplingParams(max_tokens=MLX_TEST_CONTEXT, temperature=0)
+        )
         assert isinstance(stream, AsyncIterator)
         await anext(stream)
         await stream.aclose()  # type: ignore[attr-defined]
-        follow_up = mlx_engine.generate(prompt, SamplingParams(max_tokens=2, temperature=0))
+        follow_up = mlx_engine.generate(
+            mlx_engine.tokenize(prompt), SamplingParams(max_tokens=2, temperature=0)
+        )
         return await asyncio.wait_for(_drain(follow_up), timeout=60)
 
     chunks = asyncio.run(run())
@@ -119,7 +125,7 @@ def test_concurrent_streams_each_get_their_own_answer(mlx_engine: MlxEngine) -> 
     params = SamplingParams(max_tokens=3, temperature=0)
 
     async def run() -> list[list[Chunk]]:
-        streams = [mlx_engine.generate(prompt, params) for _ in range(2)]
+        streams = [mlx_engine.generate(mlx_engine.tokenize(prompt), params) for _ in range(2)]
         return await asyncio.wait_for(asyncio.gather(*map(_drain, streams)), timeout=120)
 
     for chunks in asyncio.run(run()):
@@ -134,7 +140,9 @@ def test_a_new_request_joins_the_running_batch_instead_of_waiting(mlx_engine: Ml
     finished: list[str] = []
 
     async def long_request(started: asyncio.Event) -> None:
-        async for chunk in mlx_engine.generate(essay, SamplingParams(max_tokens=40, temperature=0)):
+        async for chunk in mlx_engine.generate(
+            mlx_engine.tokenize(essay), SamplingParams(max_tokens=40, temperature=0)
+        ):
             started.set()
             if chunk.finish_reason is not None:
                 finished.append(f"long: {chunk.finish_reason}")
@@ -144,7 +152,10 @@ def test_a_new_request_joins_the_running_batch_instead_of_waiting(mlx_engine: Ml
         long_task = asyncio.create_task(long_request(started))
         await started.wait()
         short = await _drain(
-            mlx_engine.generate(mlx_engine.render_chat(FRANCE), SamplingParams(max_tokens=3, temperature=0))
+            mlx_engine.generate(
+                mlx_engine.tokenize(mlx_engine.render_chat(FRANCE)),
+                SamplingParams(max_tokens=3, temperature=0),
+            )
         )
         finished.append(f"short: {short[-1].finish_reason}")
         await long_task
@@ -162,7 +173,9 @@ def _stream_interrupted_after_first_chunk(
 
     async def run() -> list[Chunk]:
         chunks = []
-        async for chunk in engine.generate(prompt, SamplingParams(max_tokens=200, temperature=0)):
+        async for chunk in engine.generate(
+            engine.tokenize(prompt), SamplingParams(max_tokens=200, temperature=0)
+        ):
             chunks.append(chunk)
             if len(chunks) == 1:
                 interrupt()
@@ -184,7 +197,7 @@ def test_close_cancels_the_request_in_flight(mlx_smollm2_dir: Path) -> None:
     assert chunks[-1].completion_tokens < 200
     assert not engine.healthy()
     with pytest.raises(EngineError, match="not running"):
-        engine.generate(prompt, GREEDY)
+        collect(engine, prompt, GREEDY)
 
 
 def test_a_directory_that_is_not_a_model_fails_to_start(tmp_path: Path) -> None:
