@@ -10,15 +10,36 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call in the history (an assistant turn) or one the model made."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]  # the parsed JSON object
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A declared tool, API-neutral: both APIs' tool definitions become one of these."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments (an object)
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns
+    tool_call_id: str = ""  # tool turns: the call this answers
+    name: str = ""  # tool turns: the tool's name
 
 
 @dataclass(frozen=True)
