@@ -69,7 +69,7 @@ class ChatTemplate:
 
         extra: dict[str, Any] = {}
         if self.native_tools:
-            turns = [_native_turn(m) for m in messages]
+            turns = [_native_turn(m, self.family) for m in messages]
             if tools:
                 extra["tools"] = [_native_tool(t) for t in tools]
         else:
@@ -91,16 +91,21 @@ def _native_tool(tool: ToolSpec) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _native_turn(message: ChatMessage) -> dict[str, Any]:
-    """A message as transformers hands it to a template that takes tools (OpenAI's shape)."""
+def _native_turn(message: ChatMessage, family: ToolFamily) -> dict[str, Any]:
+    """A message as transformers hands it to a template that takes tools (OpenAI's shape); ids in the
+    family's own form (Mistral's templates refuse anything but 9 alphanumerics)."""
     turn: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
         turn["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            {
+                "id": family.call_id_text(c.id),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
             for c in message.tool_calls
         ]
     if message.role == "tool":
-        turn["tool_call_id"] = message.tool_call_id
+        turn["tool_call_id"] = family.call_id_text(message.tool_call_id)
         turn["name"] = message.name
     return turn
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,7 +66,9 @@ def tokenizer_from_llama_vocab(vocab: Any) -> LLTokenizer:
 
     n = llama_cpp.llama_vocab_n_tokens(vocab)
     eog = [t for t in range(n) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-    return llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=eog or None)
+    with warnings.catch_warnings():  # the helper calls llama_token_get_attr, deprecated, once per token
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=eog or None)
 
 
 def tokenizer_from_hf(
@@ -78,9 +81,9 @@ def tokenizer_from_hf(
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     if hasattr(tokenizer, "_tokenizer") and not hasattr(backend, "to_str"):  # mlx-lm's TokenizerWrapper
         backend = getattr(tokenizer._tokenizer, "backend_tokenizer", tokenizer._tokenizer)
-    if eos_tokens is None:
-        eos = getattr(tokenizer, "eos_token_id", None)
-        eos_tokens = [eos] if isinstance(eos, int) else None
+    if eos_tokens is None:  # mlx-lm's wrapper knows every end token; a transformers tokenizer its one
+        ids = getattr(tokenizer, "eos_token_ids", None) or [getattr(tokenizer, "eos_token_id", None)]
+        eos_tokens = sorted(t for t in ids if isinstance(t, int)) or None
     return LLTokenizer(backend.to_str(), n_vocab=n_vocab, eos_token=eos_tokens)
 
 

@@ -45,8 +45,14 @@ class ToolFamily:
         """One call's JSON object as this family writes it."""
         obj: dict[str, Any] = {"name": name, self.args_key: arguments}
         if self.call_id:
-            obj["id"] = _mistral_id(call_id)
+            obj["id"] = self.call_id_text(call_id)
         return json.dumps(obj, ensure_ascii=False)
+
+    def call_id_text(self, call_id: str) -> str:
+        """A call id as this family's templates take it: Mistral's insist on 9 alphanumerics."""
+        if not self.call_id:
+            return call_id
+        return re.sub(r"[^a-zA-Z0-9]", "", call_id)[-9:].rjust(9, "0")
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:
         """An assistant turn's calls in this family's syntax (the fallback history format)."""
@@ -57,12 +63,6 @@ class ToolFamily:
 
     def new_parser(self) -> CallParser:
         return CallParser(self)
-
-
-def _mistral_id(call_id: str) -> str:
-    """Mistral's templates insist on 9 alphanumeric characters."""
-    kept = re.sub(r"[^a-zA-Z0-9]", "", call_id)[-9:]
-    return kept.rjust(9, "0")
 
 
 HERMES = ToolFamily(

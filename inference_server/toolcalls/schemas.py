@@ -51,9 +51,31 @@ def grammar_schema(schema: dict[str, Any], what: str) -> dict[str, Any]:
     return json.loads(_grammar_schema(json.dumps(schema, sort_keys=False), what))
 
 
+# Bounds for what a format's regex leaves unbounded. Under a format's narrow alphabet a small model
+# at temperature 1 can write forever (an email's local part, a date-time's fraction of a second: seen
+# on SmolLM2), where a free string it would soon close. The lengths are the standards' (RFC 5321 for
+# an address, RFC 1035 for a host name) or far above any real value (a date-time is ~35 characters).
+FORMAT_MAX_LENGTH = {
+    "email": 254,
+    "idn-email": 254,
+    "hostname": 253,
+    "idn-hostname": 253,
+    "date-time": 64,
+    "time": 32,
+    "duration": 64,
+    "uri": 2048,
+    "uri-reference": 2048,
+    "iri": 2048,
+    "iri-reference": 2048,
+}
+# An integer without bounds gets JSON's interoperable range (RFC 7493), as Claude Code's own schemas
+# spell it: at most 16 digits, where a run of digits could otherwise go on as long as a string.
+SAFE_INTEGER = 2**53 - 1
+
+
 @lru_cache(maxsize=256)
 def _grammar_schema(text: str, what: str) -> str:
-    schema = json.loads(text)
+    schema = _bounded(json.loads(text))
     error, warnings = _compile_error(schema)
     relaxed: list[str] = list(warnings)
     if error:
@@ -67,6 +89,25 @@ def _grammar_schema(text: str, what: str) -> str:
     if relaxed:  # once per schema: the result is cached
         log.warning("%s: the grammar relaxes %s", what, "; ".join(_one_line(r) for r in relaxed))
     return json.dumps({**schema, "x-guidance": JSON_OPTIONS})
+
+
+def _bounded(schema: Any) -> Any:
+    """The schema with FORMAT_MAX_LENGTH and SAFE_INTEGER bounds where it sets none."""
+    if isinstance(schema, list):
+        return [_bounded(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _bounded(value) for key, value in schema.items()}
+    fmt = schema.get("format")
+    limit = FORMAT_MAX_LENGTH.get(fmt) if isinstance(fmt, str) else None
+    if limit is not None and "maxLength" not in schema:
+        out["maxLength"] = limit
+    if schema.get("type") == "integer":
+        if "minimum" not in schema and "exclusiveMinimum" not in schema:
+            out["minimum"] = -SAFE_INTEGER
+        if "maximum" not in schema and "exclusiveMaximum" not in schema:
+            out["maximum"] = SAFE_INTEGER
+    return out
 
 
 def _compile_error(schema: dict[str, Any]) -> tuple[str, list[str]]:

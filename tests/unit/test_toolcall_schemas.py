@@ -59,9 +59,22 @@ def test_every_fixture_schema_compiles_for_the_grammar(tool):
 )
 def test_supported_schemas_are_not_relaxed(tool, caplog):
     caplog.set_level(logging.WARNING, logger="inference_server.toolcalls.schemas")
-    prepared = grammar_schema(parameters(tool), f"supported {tool['name']}")
+    grammar_schema(parameters(tool), f"supported {tool['name']}")
     assert not caplog.records
-    assert {k: v for k, v in prepared.items() if k != "x-guidance"} == parameters(tool)
+
+
+def test_claude_codes_schemas_reach_the_grammar_unchanged():
+    for tool in load("claude_code_tools.json"):
+        prepared = grammar_schema(tool["input_schema"], f"unchanged {tool['name']}")
+        assert {k: v for k, v in prepared.items() if k != "x-guidance"} == tool["input_schema"]
+
+
+def test_formats_and_integers_get_bounds_where_they_set_none():
+    assert grammar_schema({"type": "string", "format": "email"}, "email")["maxLength"] == 254
+    assert grammar_schema({"type": "string", "format": "date-time"}, "when")["maxLength"] == 64
+    assert grammar_schema({"type": "string", "format": "email", "maxLength": 40}, "short")["maxLength"] == 40
+    bounded = grammar_schema({"type": "integer", "exclusiveMinimum": 0}, "count")
+    assert (bounded.get("minimum"), bounded["maximum"]) == (None, 2**53 - 1)
 
 
 @pytest.mark.parametrize("tool", load("relaxed_tools.json"), ids=lambda t: t["name"])
