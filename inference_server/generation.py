@@ -29,7 +29,7 @@ from inference_server.engines.base import (
 )
 from inference_server.errors import ApiError, ContextLengthError
 from inference_server.metrics import Metrics
-from inference_server.toolcalls.events import CallEnd, Event, TextDelta
+from inference_server.toolcalls.parser import CallEnd, Event, TextDelta
 
 FinishReason = Literal["stop", "length", "stop_sequence", "tool_calls"]
 

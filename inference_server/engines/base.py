@@ -18,20 +18,20 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A call in the history (an assistant turn) or one the model just made."""
+    """A call in the history (an assistant turn) or one the model made."""
 
     id: str
     name: str
-    arguments: dict[str, Any]
+    arguments: dict[str, Any]  # the parsed JSON object
 
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A declared tool, whichever API declared it."""
+    """A declared tool, API-neutral: both APIs' tool definitions become one of these."""
 
     name: str
     description: str
-    parameters: dict[str, Any]  # JSON Schema of an object
+    parameters: dict[str, Any]  # JSON Schema of the arguments (an object)
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,6 @@ class TokenConstraint(Protocol):
 
     def stopped(self) -> bool:
         """The grammar is complete and nothing may follow: the sequence ends here."""
-
-
-def apply_bitmask(logits: Any, bitmask: Any) -> None:
-    """Disallowed tokens' logits to -inf, in place (numpy arrays: float32 logits, int32 bitmask)."""
-    import numpy as np
-
-    allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[: logits.shape[0]]
-    logits[allowed == 0] = -np.inf
 
 
 class Engine(Protocol):

@@ -39,11 +39,11 @@ from inference_server.engines.base import (
     SamplingParams,
     TokenConstraint,
     ToolSpec,
-    apply_bitmask,
 )
 from inference_server.engines.chat_template import ChatTemplate
 from inference_server.engines.prefix_store import PrefixStore, SavedPrefix, common_prefix
 from inference_server.engines.untrusted import split_untrusted
+from inference_server.toolcalls.constraint import apply_mask, new_bitmask
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,6 @@ class LlamaCppEngine:
         self._template: ChatTemplate | None = None
         self._template_source: str | None = None
         self._vocab: Any = None
-        self._n_vocab = 0
         self._grammar_tokenizer: Any = None
         self._bos_text = ""
         self._eos_text = ""
@@ -201,9 +200,9 @@ class LlamaCppEngine:
             if self._vocab is None:
                 raise self._not_running()
             if self._grammar_tokenizer is None:
-                from inference_server.toolcalls import tokenizers
+                from inference_server.toolcalls import tokenizer_from_llama_vocab
 
-                self._grammar_tokenizer = tokenizers.from_llama_vocab(self._vocab, self._n_vocab)
+                self._grammar_tokenizer = tokenizer_from_llama_vocab(self._vocab)
             return self._grammar_tokenizer
 
     async def generate(
@@ -326,7 +325,7 @@ class _Worker:
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.bitmask = np.zeros((self.n_vocab + 31) // 32, dtype=np.int32)
+        self.bitmask = new_bitmask(self.n_vocab)
         self.batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
         self.slots = [_Slot(seq_id=i) for i in range(engine.slots)]
         self.elastic_share = max(GROW_TOKENS, self.n_ctx // engine.slots)
@@ -344,7 +343,6 @@ class _Worker:
         engine._template = ChatTemplate(
             engine._template_source, bos_token=engine._bos_text, eos_token=engine._eos_text
         )
-        engine._n_vocab = self.n_vocab
         engine._vocab = self.vocab
         engine.context_size = self.n_ctx
         engine.info = EngineInfo(engine.info.model, engine.info.engine, self.n_ctx, engine.info.extra)
@@ -594,7 +592,7 @@ class _Worker:
         constraint = request.constraint
         logits = self.ll.llama_get_logits_ith(self.ctx, index)
         if constraint is not None and constraint.fill_mask(self.bitmask):
-            apply_bitmask(self.np.ctypeslib.as_array(logits, shape=(self.n_vocab,)), self.bitmask)
+            apply_mask(self.np.ctypeslib.as_array(logits, shape=(self.n_vocab,)), self.bitmask)
         if request.sampler is None:
             token = int(self.np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
         else:

@@ -29,10 +29,10 @@ from inference_server.engines.base import (
     SamplingParams,
     TokenConstraint,
     ToolSpec,
-    apply_bitmask,
 )
 from inference_server.engines.chat_template import ChatTemplate
 from inference_server.engines.untrusted import split_untrusted
+from inference_server.toolcalls.constraint import apply_mask, new_bitmask
 
 _log = logging.getLogger(__name__)
 _WORKER_CHECK_S = 1.0  # how often a waiting stream checks that the worker is still alive
@@ -112,9 +112,9 @@ class MlxEngine:
 
     def grammar_tokenizer(self) -> Any:
         if self._grammar_tokenizer is None:
-            from inference_server.toolcalls import tokenizers
+            from inference_server.toolcalls import tokenizer_from_hf
 
-            self._grammar_tokenizer = tokenizers.from_hf(self._ready_tokenizer())
+            self._grammar_tokenizer = tokenizer_from_hf(self._ready_tokenizer())
         return self._grammar_tokenizer
 
     async def generate(
@@ -299,12 +299,11 @@ def _masker(constraint: TokenConstraint) -> Callable[[Any, Any], Any]:
     import numpy as np
 
     def mask(tokens: Any, logits: Any) -> Any:
-        vocab = logits.shape[-1]
-        bitmask = np.zeros((vocab + 31) // 32, dtype=np.int32)
+        bitmask = new_bitmask(logits.shape[-1])
         if not constraint.fill_mask(bitmask):
             return logits
         row = np.array(logits.astype(mx.float32)).reshape(-1)
-        apply_bitmask(row, bitmask)
+        apply_mask(row, bitmask)
         return mx.array(row).reshape(logits.shape).astype(logits.dtype)
 
     return mask
