@@ -22,4 +22,4 @@ async def messages(
 
 @router.post("/count_tokens")
 async def count_tokens(body: p.CountTokensRequest, state: Ready) -> p.CountTokensResponse:
-    return AnthropicServing(state).count_tokens(body)
+    return await AnthropicServing(state).count_tokens(body)
