@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from pydantic import ValidationError
@@ -53,7 +54,10 @@ def history(*messages: dict[str, Any]) -> list[ChatMessage]:
 
 def sdk_client(body: str | dict[str, Any], *, stream: bool) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url="http://test/v1", api_key="k", http_client=replaying(body, stream=stream), max_retries=0
+        base_url="http://test/v1",
+        api_key="k",
+        http_client=replaying(body, stream=stream, http=httpx),
+        max_retries=0,
     )
 
 
