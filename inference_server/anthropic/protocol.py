@@ -17,10 +17,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
 from inference_server.limits import StopList, Unsupported
+
+
+def _shape(value: Any) -> str:
+    return "text" if isinstance(value, str) else "blocks"
+
+
+# A string or blocks, told apart first, so an error names the blocks' problem, not "not a string".
+Content = Annotated[
+    Annotated[str, Tag("text")] | Annotated[list["Block"], Tag("blocks")], Discriminator(_shape)
+]
 
 
 class Block(BaseModel):
@@ -31,7 +41,7 @@ class Block(BaseModel):
     name: str = ""
     input: Any = None
     tool_use_id: str = ""
-    content: str | list[Block] | None = None
+    content: Content | None = None
     is_error: bool = False
 
     @model_validator(mode="after")
@@ -45,7 +55,7 @@ class Block(BaseModel):
 
 class Message(BaseModel):
     role: Literal["user", "assistant", "system"]
-    content: str | list[Block]
+    content: Content
 
 
 class Tool(BaseModel):
@@ -104,9 +114,11 @@ class OutputConfig(BaseModel):
 class CountTokensRequest(BaseModel):
     model: str
     messages: list[Message] = Field(min_length=1)
-    system: str | list[Block] | None = None
+    system: Content | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
+    output_format: JsonSchemaFormat | None = Field(default=None, description="the older beta spelling")
 
 
 class MessagesRequest(CountTokensRequest):
@@ -116,8 +128,6 @@ class MessagesRequest(CountTokensRequest):
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: Unsupported = None
-    output_config: OutputConfig | None = None
-    output_format: JsonSchemaFormat | None = Field(default=None, description="the older beta spelling")
 
 
 class TextBlock(BaseModel):

@@ -141,8 +141,6 @@ def tool_choice(choice: p.ToolChoice | None) -> tuple[Mode, str, bool]:
 
 def answer_format(request: p.CountTokensRequest) -> ConstraintPlan | None:
     """`output_config.format`, or the older beta `output_format`."""
-    if not isinstance(request, p.MessagesRequest):
-        return None
     if request.output_config is not None and request.output_config.format is not None:
         return json_answer(request.output_config.format.schema_, "output_config.format.schema")
     if request.output_format is not None:

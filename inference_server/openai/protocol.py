@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 from pydantic_core import PydanticCustomError
 
 from inference_server.limits import Seed, StopList, Unsupported
@@ -62,6 +62,17 @@ class NamedFunction(BaseModel):
 class NamedToolChoice(BaseModel):
     type: Literal["function"]
     function: NamedFunction
+
+
+def _choice_shape(value: Any) -> str:
+    return "mode" if isinstance(value, str) else "named"
+
+
+# Told apart first, so a bad named choice is reported as such, not as "not one of the modes".
+ToolChoice = Annotated[
+    Annotated[Literal["none", "auto", "required"], Tag("mode")] | Annotated[NamedToolChoice, Tag("named")],
+    Discriminator(_choice_shape),
+]
 
 
 class TextFormat(BaseModel):
@@ -118,7 +129,7 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
     top_logprobs: Unsupported = None
