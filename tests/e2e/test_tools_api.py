@@ -304,20 +304,31 @@ def roomy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
         yield s
 
 
+CLAUDE_CODE_HEADERS = {
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,context-1m-2025-08-07",
+}
+
+
 def claude_code_post(server: RunningServer, body: dict[str, Any]) -> httpx.Response:
-    headers = {
-        "x-api-key": server.api_key,
-        "anthropic-version": "2023-06-01",
-        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,context-1m-2025-08-07",
-    }
+    headers = {"x-api-key": server.api_key, **CLAUDE_CODE_HEADERS}
     return httpx.post(f"{server.url}/v1/messages?beta=true", json=body, headers=headers, timeout=TIMEOUT * 3)
 
 
-def test_claude_codes_real_request_gets_no_5xx(roomy_server: RunningServer) -> None:
-    body = {**copy.deepcopy(CLAUDE_CODE), "stream": False, "max_tokens": 32}
-    reply = claude_code_post(roomy_server, body)
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
+def test_claude_codes_real_request_streams_without_an_error(roomy_server: RunningServer) -> None:
+    """The capture as sent (stream, max_tokens 128000, thinking, betas), read until a few deltas."""
+    headers = {"x-api-key": roomy_server.api_key, **CLAUDE_CODE_HEADERS}
+    url = f"{roomy_server.url}/v1/messages?beta=true"
+    kinds = []
+    with httpx.stream("POST", url, json=CLAUDE_CODE, headers=headers, timeout=TIMEOUT * 3) as reply:
+        assert reply.status_code == 200, reply.read().decode()
+        for line in reply.iter_lines():
+            if line.startswith("event: "):
+                kinds.append(line[7:])
+            if kinds.count("content_block_delta") >= 3 or "message_stop" in kinds:
+                break
+    assert "error" not in kinds and kinds[:2] == ["message_start", "ping"]
+    assert "content_block_start" in kinds
 
 
 def test_a_forced_call_on_claude_codes_tools_validates(roomy_server: RunningServer) -> None:
