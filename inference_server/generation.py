@@ -111,7 +111,7 @@ class Outcome:
 
 class Stream:
     """One admitted generation: iterate `events()` (or `texts()`), then read `outcome`; `aclose()`
-    frees the slot. Errors after the first chunk raise ApiError("server", ...)."""
+    frees the slot. A failure after the first chunk raises EngineError."""
 
     def __init__(
         self,
@@ -158,7 +158,7 @@ class Stream:
                         yield TextDelta(rest)
                     self._finish_engine(chunk)
                     return
-            raise ApiError("server", "the engine ended a stream without a finish reason")
+            raise EngineError("the engine ended a stream without a finish reason")
         finally:
             await self.aclose()
 
@@ -189,7 +189,7 @@ class Stream:
             self._finish("tool_calls" if self.calls else "stop", None, last)
         else:
             detail = last.error or "the engine is shutting down or failed"
-            raise ApiError("server", f"generation {last.finish_reason}: {detail}")
+            raise EngineError(f"generation {last.finish_reason}: {detail}")
 
     def _finish(self, reason: FinishReason, stop: str | None, last: Chunk) -> None:
         self.prompt_tokens = last.prompt_tokens or self.prompt_tokens
@@ -286,7 +286,10 @@ class Generation:
         family = toolcalls.family_for_template(self.engine.template_source)
         plan = replace(plan, family=family)
         tokenizer = await asyncio.to_thread(self.engine.grammar_tokenizer)
-        constraint = await asyncio.to_thread(toolcalls.compile_constraint, plan, tokenizer)
+        try:
+            constraint = await asyncio.to_thread(toolcalls.compile_constraint, plan, tokenizer)
+        except Exception as exc:  # check_schema passed, so the grammar library refused what it got
+            raise ApiError("invalid_request", f"cannot constrain the answer to this schema: {exc}") from None
         parser = family.new_parser() if plan.kind == "tools" else _PlainText()
         return constraint, parser
 

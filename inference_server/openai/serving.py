@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Literal
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal, cast
 
 from fastapi import Request
 from pydantic import BaseModel
 
-from inference_server.engines.base import ChatMessage, SamplingParams
+from inference_server.calls import (
+    Assembler,
+    CallError,
+    Closed,
+    Events,
+    Fragment,
+    Ledger,
+    Mode,
+    Opened,
+    Part,
+    Text,
+    called,
+    canonical,
+    complete,
+    json_answer,
+    parts,
+    plan,
+    tool_spec,
+)
+from inference_server.engines.base import ChatMessage, EngineError, SamplingParams, ToolCall, ToolSpec
 from inference_server.errors import ApiError, body
 from inference_server.generation import ChatPrompt, Outcome, Stream
 from inference_server.openai import protocol as p
 from inference_server.runtime import Runtime
 from inference_server.streaming import HOLE, EventStream, filler, sse, unless_disconnected
+from inference_server.toolcalls import ConstraintPlan
 
 _ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
     "system": "system",
@@ -34,15 +55,74 @@ def flatten(content: str | list[p.ContentPart] | None) -> str:
     return "\n".join(part.text if part.type == "text" else f"[{part.type}]" for part in content)
 
 
+def arguments(call: p.ToolCall, where: str) -> dict[str, Any]:
+    """A history call's arguments, parsed: the client sent them as text."""
+    if not call.function.arguments.strip():
+        return {}
+    try:
+        parsed = json.loads(call.function.arguments)
+    except json.JSONDecodeError as exc:
+        raise ApiError("invalid_request", f"{where}.function.arguments: not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ApiError("invalid_request", f"{where}.function.arguments: must be a JSON object")
+    return parsed
+
+
 def to_messages(messages: list[p.Message]) -> list[ChatMessage]:
+    """The conversation as engine messages; every tool result must answer an earlier call."""
     converted = []
-    for message in messages:
-        text = flatten(message.content)
-        for call in message.tool_calls or []:
-            function = call.get("function", {})
-            text += f"\n[tool call {function.get('name', '')}: {function.get('arguments', '')}]"
-        converted.append(ChatMessage(_ROLES[message.role], text.strip("\n")))
+    ledger = Ledger()
+    for i, message in enumerate(messages):
+        role = _ROLES[message.role]
+        calls = tuple(
+            ToolCall(call.id, call.function.name, arguments(call, f"messages[{i}].tool_calls[{j}]"))
+            for j, call in enumerate(message.tool_calls or [])
+        )
+        for call in calls:
+            ledger.record(call)
+        name, call_id = message.name or "", ""
+        if message.role == "tool":
+            if not message.tool_call_id:
+                raise ApiError("invalid_request", f"messages[{i}]: a tool message needs tool_call_id")
+            call_id = message.tool_call_id
+            name = ledger.answered(call_id, f"messages[{i}]")
+        converted.append(ChatMessage(role, flatten(message.content), calls, call_id, name))
     return converted
+
+
+def tool_choice(choice: str | p.NamedToolChoice | None, tools: list[p.Tool] | None) -> tuple[Mode, str]:
+    """OpenAI's default: `auto` with tools, `none` without."""
+    if isinstance(choice, p.NamedToolChoice):
+        return "named", choice.function.name
+    if choice is None:
+        return ("auto" if tools else "none"), ""
+    return cast(Mode, choice), ""
+
+
+def answer_format(response_format: p.ResponseFormat | None) -> ConstraintPlan | None:
+    if isinstance(response_format, p.JsonObjectFormat):
+        return json_answer(None, "response_format")
+    if isinstance(response_format, p.JsonSchemaFormat):
+        schema = response_format.json_schema.schema_
+        return json_answer(schema or {}, "response_format.json_schema.schema")
+    return None
+
+
+def constraint(request: p.ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], ConstraintPlan | None]:
+    """The tools the model is shown and what its answer is held to."""
+    specs = [
+        tool_spec(
+            tool.function.name,
+            tool.function.description,
+            tool.function.parameters,
+            f"tools[{i}].function.parameters",
+        )
+        for i, tool in enumerate(request.tools or [])
+    ]
+    mode, name = tool_choice(request.tool_choice, request.tools)
+    return plan(
+        specs, mode, name, request.parallel_tool_calls, answer_format(request.response_format), "tool_choice"
+    )
 
 
 def sampling(request: p._Sampling, max_tokens: int | None) -> SamplingParams:
@@ -54,12 +134,6 @@ def sampling(request: p._Sampling, max_tokens: int | None) -> SamplingParams:
     )
 
 
-def stop_list(stop: str | list[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else stop
-
-
 def usage(outcome: Outcome) -> p.Usage:
     return p.Usage(
         prompt_tokens=outcome.prompt_tokens,
@@ -69,8 +143,90 @@ def usage(outcome: Outcome) -> p.Usage:
     )
 
 
-def finish_reason(outcome: Outcome) -> Literal["stop", "length"]:
+def text_finish(outcome: Outcome) -> Literal["stop", "length"]:
     return "length" if outcome.finish_reason == "length" else "stop"
+
+
+def finish_reason(outcome: Outcome, assembler: Assembler) -> p.FinishReason:
+    return "tool_calls" if called(outcome, assembler) else text_finish(outcome)
+
+
+def message(answer: list[Text | Closed]) -> p.AssistantMessage:
+    """`content` is null when the answer is only calls, as OpenAI's is."""
+    text = "".join(part.text for part in answer if isinstance(part, Text))
+    calls = [
+        p.ToolCallOut(
+            id=part.call.id,
+            function=p.ToolCallFunction(name=part.call.name, arguments=canonical(part.call.arguments)),
+        )
+        for part in answer
+        if isinstance(part, Closed)
+    ]
+    return p.AssistantMessage(content=None if calls and not text else text, tool_calls=calls or None)
+
+
+def call_chunk(part: Opened | Fragment) -> p.Delta:
+    if isinstance(part, Opened):
+        first = p.ToolCallDelta(
+            index=part.index,
+            id=part.id,
+            type="function",
+            function=p.FunctionDelta(name=part.name, arguments=""),
+        )
+        return p.Delta(tool_calls=[first])
+    return p.Delta(
+        tool_calls=[p.ToolCallDelta(index=part.index, function=p.FunctionDelta(arguments=part.text))]
+    )
+
+
+class ChatReply:
+    """One chat answer in OpenAI's shape, whole or as chunks, from a started generation."""
+
+    def __init__(self, model: str, tools: Sequence[ToolSpec]) -> None:
+        self.ident, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
+        self.assembler = Assembler(tools, "call_")
+
+    async def completion(self, stream: Events) -> p.ChatCompletion:
+        answer = complete(await parts(stream, self.assembler))
+        outcome = _outcome(stream)
+        choice = p.ChatChoice(message=message(answer), finish_reason=finish_reason(outcome, self.assembler))
+        return p.ChatCompletion(
+            id=self.ident, created=self.created, model=self.model, choices=[choice], usage=usage(outcome)
+        )
+
+    async def chunks(self, stream: Events, include_usage: bool) -> AsyncIterator[str]:
+        yield self._chunk(p.Delta(role="assistant", content=""))
+        text = filler(self._chunk(p.Delta(content=HOLE)))
+        try:
+            async for event in stream.events():
+                for part in self.assembler.feed(event):
+                    yield self._part(part, text)
+        except (EngineError, CallError) as exc:
+            yield sse(body("server", str(exc), anthropic=False))
+            return
+        for part in self.assembler.finish():
+            yield self._part(part, text)
+        outcome = _outcome(stream)
+        yield self._chunk(p.Delta(), finish_reason(outcome, self.assembler))
+        if include_usage:
+            yield _event(self._envelope([], usage(outcome)))
+        yield sse("[DONE]")
+
+    def _part(self, part: Part, text: Callable[[str], str]) -> str:
+        if isinstance(part, Text):
+            return text(part.text)
+        if isinstance(part, Opened | Fragment):
+            # no nulls: the SDK's delta accumulator would overwrite a call's `type` with one
+            return sse(self._envelope([p.ChunkChoice(delta=call_chunk(part))]).model_dump(exclude_none=True))
+        return ""  # Closed: OpenAI marks the end of a call by the next one or the finish reason
+
+    def _chunk(self, delta: p.Delta, reason: p.FinishReason | None = None) -> str:
+        return _event(self._envelope([p.ChunkChoice(delta=delta, finish_reason=reason)]))
+
+    def _envelope(self, choices: list[p.ChunkChoice], use: p.Usage | None = None) -> p.ChatCompletionChunk:
+        return p.ChatCompletionChunk(
+            id=self.ident, created=self.created, model=self.model, choices=choices, usage=use
+        )
 
 
 class OpenAIServing:
@@ -79,37 +235,21 @@ class OpenAIServing:
 
     async def chat(self, request: Request, body_: p.ChatCompletionRequest) -> p.ChatCompletion | EventStream:
         self.runtime.check_model(body_.model)
-        prompt = ChatPrompt(to_messages(body_.messages))
+        tools, constraint_plan = constraint(body_)
+        messages = to_messages(body_.messages)
         params = sampling(body_, body_.max_completion_tokens or body_.max_tokens)
-        start = self.runtime.generation.start(prompt, params, stop_list(body_.stop))
+        start = self.runtime.generation.start(
+            ChatPrompt(messages, tools), params, body_.stop or [], constraint_plan
+        )
         stream = await unless_disconnected(request, start)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        reply = ChatReply(body_.model, tools)
         if body_.stream:
             include_usage = bool(body_.stream_options and body_.stream_options.include_usage)
-
-            def chunk(delta: p.Delta, reason: Literal["stop", "length"] | None = None) -> str:
-                choice = p.ChunkChoice(delta=delta, finish_reason=reason)
-                return _event(
-                    p.ChatCompletionChunk(id=ident, created=created, model=body_.model, choices=[choice])
-                )
-
-            def last(outcome: Outcome) -> list[str]:
-                events = [chunk(p.Delta(), finish_reason(outcome))]
-                if include_usage:
-                    final = p.ChatCompletionChunk(
-                        id=ident, created=created, model=body_.model, choices=[], usage=usage(outcome)
-                    )
-                    events.append(_event(final))
-                return events
-
-            first = chunk(p.Delta(role="assistant", content=""))
-            return _event_stream(stream, first, filler(chunk(p.Delta(content=HOLE))), last)
-        text = await unless_disconnected(request, stream.text())
-        outcome = _outcome(stream)
-        choice = p.ChatChoice(message=p.AssistantMessage(content=text), finish_reason=finish_reason(outcome))
-        return p.ChatCompletion(
-            id=ident, created=created, model=body_.model, choices=[choice], usage=usage(outcome)
-        )
+            return EventStream(reply.chunks(stream, include_usage), on_close=stream.aclose)
+        try:
+            return await unless_disconnected(request, reply.completion(stream))
+        finally:
+            await stream.aclose()
 
     async def complete(self, request: Request, body_: p.CompletionRequest) -> p.Completion | EventStream:
         self.runtime.check_model(body_.model)
@@ -117,9 +257,7 @@ class OpenAIServing:
         if len(prompts) != 1:
             raise ApiError("invalid_request", "prompt: send one prompt per request")
         prompt = prompts[0]
-        start = self.runtime.generation.start(
-            prompt, sampling(body_, body_.max_tokens), stop_list(body_.stop)
-        )
+        start = self.runtime.generation.start(prompt, sampling(body_, body_.max_tokens), body_.stop or [])
         stream = await unless_disconnected(request, start)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         echoed = prompt if body_.echo else ""
@@ -134,7 +272,7 @@ class OpenAIServing:
             include_usage = bool(body_.stream_options and body_.stream_options.include_usage)
 
             def last(outcome: Outcome) -> list[str]:
-                events = [_event(completion("", finish_reason(outcome), None))]
+                events = [_event(completion("", text_finish(outcome), None))]
                 if include_usage:
                     events.append(
                         _event(
@@ -147,12 +285,15 @@ class OpenAIServing:
 
             first = _event(completion(echoed, None, None))
             return _event_stream(stream, first, filler(_event(completion(HOLE, None, None))), last)
-        text = await unless_disconnected(request, stream.text())
+        try:
+            text = await unless_disconnected(request, stream.text())
+        except EngineError as exc:
+            raise ApiError("server", f"generation failed: {exc}") from None
         outcome = _outcome(stream)
-        return completion(echoed + text, finish_reason(outcome), usage(outcome))
+        return completion(echoed + text, text_finish(outcome), usage(outcome))
 
 
-def _outcome(stream: Stream) -> Outcome:
+def _outcome(stream: Events | Stream) -> Outcome:
     assert stream.outcome is not None, "a finished stream has an outcome"
     return stream.outcome
 
@@ -172,8 +313,8 @@ def _event_stream(
         try:
             async for text in stream.texts():
                 yield piece(text)
-        except ApiError as exc:
-            yield sse(body(exc.kind, exc.message, anthropic=False))
+        except EngineError as exc:
+            yield sse(body("server", str(exc), anthropic=False))
             return
         for event in last(_outcome(stream)):
             yield event

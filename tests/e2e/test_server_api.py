@@ -14,32 +14,14 @@ import httpx
 import openai
 import pytest
 
-from tests.fixtures.server import RunningServer
+from tests.fixtures.server import TIMEOUT, RunningServer
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-TIMEOUT = 120  # seconds: the test machine is small and shared
 get = partial(httpx.get, timeout=TIMEOUT)
 post = partial(httpx.post, timeout=TIMEOUT)
 open_stream = partial(httpx.stream, timeout=TIMEOUT)
 LONG_ANSWER = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
 SYSTEM = "You are a helpful assistant for a homelab. " * 40  # long enough that reuse is plain to see
-
-
-@pytest.fixture
-def oai(inference_server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{inference_server.url}/v1",
-        api_key=inference_server.api_key,
-        max_retries=0,
-        timeout=TIMEOUT,
-    )
-
-
-@pytest.fixture
-def claude(inference_server: RunningServer) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
-        base_url=inference_server.url, api_key=inference_server.api_key, max_retries=0, timeout=TIMEOUT
-    )
 
 
 def auth(server: RunningServer) -> dict[str, str]:

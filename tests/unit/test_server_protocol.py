@@ -11,12 +11,9 @@ from pydantic import ValidationError
 from inference_server.admission import Admission, QueueFull
 from inference_server.anthropic import protocol as anthropic_protocol
 from inference_server.anthropic.serving import system_prompt
-from inference_server.anthropic.serving import to_messages as anthropic_messages
 from inference_server.engines import factory
-from inference_server.engines.base import ChatMessage, EngineError
+from inference_server.engines.base import EngineError
 from inference_server.errors import body
-from inference_server.openai import protocol as openai_protocol
-from inference_server.openai.serving import to_messages as openai_messages
 from inference_server.settings import ServerSettings
 from inference_server.streaming import HOLE, filler, sse
 
@@ -39,67 +36,12 @@ SETTINGS = {
 }
 
 
-def test_anthropic_blocks_flatten_to_text_the_model_can_read() -> None:
-    request = anthropic_protocol.MessagesRequest.model_validate(
-        {
-            "model": "m",
-            "max_tokens": 1,
-            "system": [{"type": "text", "text": "Be kind."}],
-            "messages": [
-                {
-                    "role": "assistant",
-                    "content": [{"type": "tool_use", "id": "1", "name": "ls", "input": {"a": 1}}],
-                },
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "tool_result", "tool_use_id": "1", "content": "a.txt"},
-                        {"type": "image", "source": {"type": "base64", "data": "x"}},
-                        {"type": "thinking", "thinking": "hmm"},
-                        {"type": "text", "text": "ok?"},
-                    ],
-                },
-            ],
-            "tools": [{"name": "ls"}],
-        }
-    )
-    assert anthropic_messages(request, strip_billing_header=True) == [
-        ChatMessage("system", "Be kind."),
-        ChatMessage("assistant", '[tool call ls: {"a": 1}]'),
-        ChatMessage("user", "[tool result: a.txt]\n[image]\nok?"),
-    ]
-
-
 def test_billing_header_line_is_stripped_only_when_configured() -> None:
     blocks = [
         anthropic_protocol.Block(type="text", text="x-anthropic-billing-header: cc=1;\nYou are Claude Code.")
     ]
     assert system_prompt(blocks, strip_billing_header=True) == "You are Claude Code."
     assert system_prompt(blocks, strip_billing_header=False).startswith("x-anthropic-billing-header")
-
-
-def test_openai_parts_roles_and_tool_calls_become_chat_messages() -> None:
-    request = openai_protocol.ChatCompletionRequest.model_validate(
-        {
-            "model": "m",
-            "messages": [
-                {"role": "developer", "content": "Rules."},
-                {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image_url"}]},
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}],
-                },
-                {"role": "tool", "content": "42"},
-            ],
-        }
-    )
-    assert openai_messages(request.messages) == [
-        ChatMessage("system", "Rules."),
-        ChatMessage("user", "Look:\n[image_url]"),
-        ChatMessage("assistant", "[tool call f: {}]"),
-        ChatMessage("tool", "42"),
-    ]
 
 
 def test_errors_use_each_apis_envelope() -> None:
