@@ -152,9 +152,8 @@ def write_bench_json(name: str, data: dict[str, object], root: Path = PROJECT_RO
     """Save a benchmark's figures as .bench/NAME.json (whole or not at all), for `inv test.bench`."""
     import json
 
+    from tasks.core.files import write_atomically
+
     target = root / ".bench" / f"{name}.json"
-    target.parent.mkdir(exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(target)
+    write_atomically(target, json.dumps(data, indent=1) + "\n")
     return target
