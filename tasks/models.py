@@ -291,13 +291,12 @@ def convert(c: Context, name: str, output: str = "", force: bool = False) -> Non
     from tasks.core import config
     from tasks.core import convert as conv
     from tasks.core.catalog import describe_size
-    from tasks.core.console import console
 
     settings = config.load(c.config)
     gguf = conv.find_source(name, settings.models)
     target = Path(output).expanduser() if output else conv.default_output(name, settings.models)
     result = conv.convert_gguf(gguf, target.absolute(), force=force)
-    console().print(
+    _say(
         f"[green]converted[/] {gguf.name} -> {result.output} "
         f"({describe_size(result.size_bytes)}; {result.tensors} tensors, {result.layout})"
     )

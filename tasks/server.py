@@ -65,24 +65,42 @@ def _served(settings: Any, flags: dict[str, Any]) -> Any:
 @_serving
 def start(c: Context, **flags: Any) -> None:
     """Start the server in the background and wait until it answers."""
-    from tasks.core import server as core
-    from tasks.core.console import console, say
-
     settings, files = _state(c)
-    served = _served(settings, flags)
-    with console().status(f"Loading {served.model_name}…"):
-        running = core.start(served, files, settings.server.start_timeout_s)
-    say(f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid})")
+    _start(settings, files, _served(settings, flags))
 
 
 @task
 def stop(c: Context) -> None:
     """Stop the server: SIGTERM, in-flight requests finish within server.stop_grace_s, then SIGKILL."""
+    settings, files = _state(c)
+    _stop(settings, files)
+
+
+@_serving
+def restart(c: Context, **flags: Any) -> None:
+    """Stop the server if it runs, then start it (with new flags, if given).
+
+    The new settings are checked first, so a bad flag leaves the running server alone."""
+    settings, files = _state(c)
+    served = _served(settings, flags)
+    _stop(settings, files)
+    _start(settings, files, served)
+
+
+def _start(settings: Any, files: Any, served: Any) -> None:
+    from tasks.core import server as core
+    from tasks.core.console import console, say
+
+    with console().status(f"Loading {served.model_name}…"):
+        running = core.start(served, files, settings.server.start_timeout_s)
+    say(f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid})")
+
+
+def _stop(settings: Any, files: Any) -> None:
     from tasks.core import server as core
     from tasks.core.console import say
     from tasks.core.server_state import Running, Stale
 
-    settings, files = _state(c)
     found = core.stop(files, settings.server.stop_grace_s)
     if isinstance(found, Running):
         say(f"stopped (pid {found.pid})")
@@ -90,13 +108,6 @@ def stop(c: Context) -> None:
         say(_stale(found))
     else:
         say("no server running")
-
-
-@_serving
-def restart(c: Context, **flags: Any) -> None:
-    """Stop the server if it runs, then start it (with new flags, if given)."""
-    stop(c)
-    start(c, **flags)
 
 
 def _stale(found: Any) -> str:
