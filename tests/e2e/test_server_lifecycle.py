@@ -99,6 +99,9 @@ def test_client_tasks_talk_to_the_running_server(task_env: dict[str, str]) -> No
     assert "export ANTHROPIC_SMALL_FAST_MODEL=claude-haiku-4-5" in exports
 
     first_pid = _pid(task_env)
+    bad = inv(task_env, "server.restart", "--model", "no-such-model")
+    assert bad.returncode != 0 and "no-such-model" in bad.stderr
+    assert _pid(task_env) == first_pid  # a bad flag is refused before anything is stopped
     assert inv(task_env, "server.restart").returncode == 0
     assert _pid(task_env) != first_pid
     assert inv(task_env, "server.health").returncode == 0
