@@ -32,12 +32,12 @@ def check(
     import json as json_lib
 
     from tasks.core import doctor
-    from tasks.core.console import console, print_table
+    from tasks.core.console import print_table, say
     from tasks.core.errors import HomelabError
 
     report = doctor.doctor(c.config, fast=fast, fix=fix, dry_run=dry_run, hosts=hosts)
     if json:
-        print(json_lib.dumps(report.to_json(), indent=1))
+        say(json_lib.dumps(report.to_json(), indent=1), markup=False)
     else:
         rows = [
             (
@@ -52,9 +52,9 @@ def check(
         print_table("Doctor", ["phase", "check", "status", "took", "detail"], rows)
         cached = sum(r.cached for r in report.results)
         for note in report.notes:
-            console().print(note)
+            say(note)
         summary = f"{len(report.results)} checks ({cached} from cache) in {report.seconds:.2f}s"
-        console().print(f"{summary}; log: {report.log_file}")
+        say(f"{summary}; log: {report.log_file}", markup=False)
     if not report.ok:
         failed = [r.name for r in report.results if r.status == "fail"]
         raise HomelabError(

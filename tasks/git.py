@@ -64,20 +64,10 @@ def _show_losses(losses: Sequence[Loss]) -> None:
 
 
 def _confirm(action: str, yes: bool) -> None:
-    """Go ahead on --yes or a 'y' at the terminal; with no terminal, refuse at once instead of hanging."""
-    import sys
-
+    from tasks.core.console import confirm
     from tasks.core.errors import HomelabError
 
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise HomelabError(f"not confirmed: {action} (no terminal to ask)", "re-run with --yes to go ahead")
-    try:
-        answer = input(f"{action}? [y/N] ")
-    except EOFError:  # Ctrl-D: no
-        answer = ""
-    if answer.strip().lower() not in {"y", "yes"}:
+    if not confirm(action, assume_yes=yes):
         raise HomelabError("cancelled; nothing was changed")
 
 

@@ -241,6 +241,7 @@ def verify(c: Context, name: str) -> None:
 def delete(c: Context, name: str, yes: bool = False) -> None:
     """Delete a model's downloaded files (every revision); says how much space that frees."""
     from tasks.core.catalog import describe_size
+    from tasks.core.console import confirm
     from tasks.core.errors import HomelabError
     from tasks.core.store import plan_deletion
 
@@ -250,18 +251,11 @@ def delete(c: Context, name: str, yes: bool = False) -> None:
         bundled = " (its bundled file stays: it belongs to the Python package)" if entry.bundled else ""
         _say(f"Nothing of {name} is downloaded{bundled}.")
         return
-    question = f"Delete {', '.join(deletion.files)} ({describe_size(deletion.freed_bytes)})? [y/N] "
-    if not yes and not _confirm(question):
+    question = f"delete {', '.join(deletion.files)} ({describe_size(deletion.freed_bytes)})"
+    if not confirm(question, assume_yes=yes):
         raise HomelabError("nothing deleted", "answer y, or pass --yes")
     deletion.run()
     _say(f"Deleted {name}: freed {describe_size(deletion.freed_bytes)}.")
-
-
-def _confirm(question: str) -> bool:
-    try:
-        return input(question).strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
 
 
 @task(name="disk-usage")
@@ -297,13 +291,12 @@ def convert(c: Context, name: str, output: str = "", force: bool = False) -> Non
     from tasks.core import config
     from tasks.core import convert as conv
     from tasks.core.catalog import describe_size
-    from tasks.core.console import console
 
     settings = config.load(c.config)
     gguf = conv.find_source(name, settings.models)
     target = Path(output).expanduser() if output else conv.default_output(name, settings.models)
     result = conv.convert_gguf(gguf, target.absolute(), force=force)
-    console().print(
+    _say(
         f"[green]converted[/] {gguf.name} -> {result.output} "
         f"({describe_size(result.size_bytes)}; {result.tensors} tensors, {result.layout})"
     )

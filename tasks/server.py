@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from invoke import Context
@@ -13,7 +15,8 @@ _SERVE_HELP = {
     "host": "address to bind (default: server.host; off-loopback needs an API key)",
     "port": "port to listen on (default: server.port)",
     "engine": "auto | llama_cpp | mlx (default: server.engine)",
-    "api_key": "key clients must send (default: server.api_key)",
+    "api_key": "key clients must send (default: server.api_key); shows in `ps`: prefer --api-key-file",
+    "api_key_file": "file (mode 600) holding the key clients must send (default: server.api_key_file)",
     "context_size": "tokens of context (default: server.context_size)",
     "slots": "requests generating at once (default: server.slots)",
     "queue_size": "requests waiting for a slot before 503 (default: server.queue_size)",
@@ -21,87 +24,94 @@ _SERVE_HELP = {
 }
 
 
-def _served(c: Context, **flags: Any) -> Any:
-    from tasks.core import config
-    from tasks.core import server as core
-
-    return core.served_settings(config.load(c.config), **flags)
-
-
-def _files(c: Context) -> Any:
-    from tasks.core import config
-    from tasks.core.server import StateFiles
-
-    return StateFiles(config.load(c.config).server.state_dir)
-
-
-def _settings(c: Context) -> Any:
-    from tasks.core import config
-
-    return config.load(c.config).server
-
-
-@task(help=_SERVE_HELP, iterable=["alias"])
-def start(
+def _serve_flags(
     c: Context,
     model: str = "",
     host: str = "",
     port: int = 0,
     engine: str = "",
     api_key: str = "",
+    api_key_file: str = "",
     context_size: int = 0,
     slots: int = 0,
     queue_size: int = 0,
     alias: list[str] | None = None,
 ) -> None:
-    """Start the server in the background and wait until it answers."""
-    from tasks.core import server as core
-    from tasks.core.console import console
+    """The flags start, restart and run share, declared once: `_serving` gives each task this
+    signature (what invoke parses and `--help` shows) and the task body takes them as **flags."""
 
-    served = _served(
-        c,
-        model=model,
-        host=host,
-        port=port,
-        engine=engine,
-        api_key=api_key,
-        context_size=context_size,
-        slots=slots,
-        queue_size=queue_size,
-        model_aliases=alias,
-    )
-    with console().status(f"Loading {served.model_name}…"):
-        running = core.start(served, _files(c), _settings(c).start_timeout_s)
-    console().print(
-        f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid})"
-    )
+
+def _serving(body: Callable[..., None]) -> Any:
+    body.__signature__ = inspect.signature(_serve_flags)  # type: ignore[attr-defined]
+    return task(help=_SERVE_HELP, iterable=["alias"])(body)
+
+
+def _state(c: Context) -> tuple[Any, Any]:
+    """The settings (loaded once per task) and the server's state files."""
+    from tasks.core import config
+    from tasks.core.server_state import StateFiles
+
+    settings = config.load(c.config)
+    return settings, StateFiles(settings.server.state_dir)
+
+
+def _served(settings: Any, flags: dict[str, Any]) -> Any:
+    from tasks.core import server as core
+
+    alias = flags.pop("alias", None)
+    return core.served_settings(settings, **flags, model_aliases=alias)
+
+
+@_serving
+def start(c: Context, **flags: Any) -> None:
+    """Start the server in the background and wait until it answers."""
+    settings, files = _state(c)
+    _start(settings, files, _served(settings, flags))
 
 
 @task
 def stop(c: Context) -> None:
     """Stop the server: SIGTERM, in-flight requests finish within server.stop_grace_s, then SIGKILL."""
+    settings, files = _state(c)
+    _stop(settings, files)
+
+
+@_serving
+def restart(c: Context, **flags: Any) -> None:
+    """Stop the server if it runs, then start it (with new flags, if given).
+
+    The new settings are checked first, so a bad flag leaves the running server alone."""
+    settings, files = _state(c)
+    served = _served(settings, flags)
+    _stop(settings, files)
+    _start(settings, files, served)
+
+
+def _start(settings: Any, files: Any, served: Any) -> None:
     from tasks.core import server as core
+    from tasks.core.console import console, say
 
-    pid = core.stop(_files(c), _settings(c).stop_grace_s)
-    print(f"stopped (pid {pid})" if pid else "no server running")
+    with console().status(f"Loading {served.model_name}…"):
+        running = core.start(served, files, settings.server.start_timeout_s)
+    say(f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid})")
 
 
-@task(help=_SERVE_HELP, iterable=["alias"])
-def restart(
-    c: Context,
-    model: str = "",
-    host: str = "",
-    port: int = 0,
-    engine: str = "",
-    api_key: str = "",
-    context_size: int = 0,
-    slots: int = 0,
-    queue_size: int = 0,
-    alias: list[str] | None = None,
-) -> None:
-    """Stop the server if it runs, then start it (with new flags, if given)."""
-    stop(c)
-    start(c, model, host, port, engine, api_key, context_size, slots, queue_size, alias)
+def _stop(settings: Any, files: Any) -> None:
+    from tasks.core import server as core
+    from tasks.core.console import say
+    from tasks.core.server_state import Running, Stale
+
+    found = core.stop(files, settings.server.stop_grace_s)
+    if isinstance(found, Running):
+        say(f"stopped (pid {found.pid})")
+    elif isinstance(found, Stale):
+        say(_stale(found))
+    else:
+        say("no server running")
+
+
+def _stale(found: Any) -> str:
+    return f"not running (stale pidfile removed: pid {found.pid} is not the server it recorded)"
 
 
 @task(aliases=["ps"])
@@ -110,14 +120,18 @@ def status(c: Context) -> None:
     import time
 
     from tasks.core import server as core
-    from tasks.core.console import print_table
+    from tasks.core.console import print_table, say
+    from tasks.core.server_state import Stale
 
-    running = core.status(_files(c))
-    if running is None:
-        print("no server running (start one: inv server.start)")
+    found = core.status(_state(c)[1])
+    if isinstance(found, Stale):
+        say(_stale(found))
         return
-    uptime = time.strftime("%H:%M:%S", time.gmtime(time.time() - running.started))
-    rows = [(running.pid, uptime, running.model, running.engine, running.url, running.health)]
+    if found is None:
+        say("no server running (start one: inv server.start)")
+        return
+    uptime = time.strftime("%H:%M:%S", time.gmtime(time.time() - found.started))
+    rows = [(found.pid, uptime, found.model, found.engine, found.url, found.health)]
     print_table("Inference server", ["pid", "uptime", "model", "engine", "url", "health"], rows)
 
 
@@ -130,63 +144,49 @@ def status(c: Context) -> None:
 def logs(c: Context, follow: bool = False, lines: int = 0) -> None:
     """Show the server's log (the current or last run)."""
     from tasks.core import server as core
+    from tasks.core.console import say
 
-    files = _files(c)
-    count = lines or _settings(c).log_lines
+    settings, files = _state(c)
+    count = lines or settings.server.log_lines
     if not files.log.exists():
-        print(f"no log yet at {files.log} (start the server: inv server.start)")
+        say(f"no log yet at {files.log} (start the server: inv server.start)", markup=False)
         return
     if not follow:
-        print(core.tail(files.log, count))
+        say(core.tail(files.log, count), markup=False)
         return
     for line in core.follow(files.log, count):
-        print(line, flush=True)
+        say(line, markup=False)
 
 
-@task(help=_SERVE_HELP, iterable=["alias"])
-def run(
-    c: Context,
-    model: str = "",
-    host: str = "",
-    port: int = 0,
-    engine: str = "",
-    api_key: str = "",
-    context_size: int = 0,
-    slots: int = 0,
-    queue_size: int = 0,
-    alias: list[str] | None = None,
-) -> None:
+@_serving
+def run(c: Context, **flags: Any) -> None:
     """Run the server in the foreground (Ctrl-C stops it); logs go to the terminal."""
     from inference_server.__main__ import serve
 
-    serve(
-        _served(
-            c,
-            model=model,
-            host=host,
-            port=port,
-            engine=engine,
-            api_key=api_key,
-            context_size=context_size,
-            slots=slots,
-            queue_size=queue_size,
-            model_aliases=alias,
-        )
-    )
+    serve(_served(_state(c)[0], flags))
+
+
+def _endpoint(c: Context) -> Any:
+    """Where the running server listens (whatever model it serves); else the configured address."""
+    from tasks.core import server_state
+
+    settings, files = _state(c)
+    return settings.server, server_state.endpoint(files, settings.server)
 
 
 @task
 def health(c: Context) -> None:
     """Ask the server's /health; exits non-zero unless it is healthy."""
-    from tasks.core import server as core
+    from tasks.core import server_state
+    from tasks.core.console import say
     from tasks.core.errors import HomelabError
 
-    url = core.client_url(core.current(_files(c), _served(c)))
-    code, answer = core.health(url)
-    if code != 200:
-        fix = "start it: inv server.start" if code == 0 else "see inv server.logs"
-        raise HomelabError(f"{url}: {answer.get('detail') or answer.get('status')}", fix)
-    print(f"ok: {answer['model']} on {answer['engine']} at {url}")
+    url = _endpoint(c)[1].url
+    answer = server_state.health(url)
+    if not answer.ok:
+        fix = "start it: inv server.start" if answer.code == 0 else "see inv server.logs"
+        raise HomelabError(f"{url}: {answer.detail}", fix)
+    say(f"ok: {answer.body['model']} on {answer.body['engine']} at {url}", markup=False)
 
 
 @task(
@@ -199,19 +199,17 @@ def health(c: Context) -> None:
 def chat(c: Context, prompt: str, max_tokens: int = 0, temperature: float = -1.0) -> None:
     """Ask the running server one question and stream the answer."""
     from tasks.core import server as core
+    from tasks.core.console import say
 
-    settings = _settings(c)
-    served = core.current(_files(c), _served(c))
+    configured, endpoint = _endpoint(c)
     core.chat(
-        core.client_url(served),
-        served.api_key,
-        served.model_name,
+        endpoint,
         prompt,
-        max_tokens or settings.chat_max_tokens,
-        settings.chat_temperature if temperature < 0 else temperature,
-        on_text=lambda text: print(text, end="", flush=True),
+        max_tokens or configured.chat_max_tokens,
+        configured.chat_temperature if temperature < 0 else temperature,
+        on_text=lambda text: say(text, markup=False, end=""),
     )
-    print()
+    say("")
 
 
 @task(name="claude", help={"print_only": "print the environment instead of launching `claude`"})
@@ -222,15 +220,15 @@ def claude(c: Context, print_only: bool = False) -> None:
     import shutil
 
     from tasks.core import server as core
+    from tasks.core.console import say
 
-    settings = _settings(c)
-    served = core.current(_files(c), _served(c))
-    env = core.claude_env(served, settings.claude_model, settings.claude_small_fast_model)
+    configured, endpoint = _endpoint(c)
+    env = core.claude_env(endpoint, configured.claude_model, configured.claude_small_fast_model)
     program = shutil.which("claude")
     if print_only or program is None:
         for name, value in env.items():
-            print(f"export {name}={shlex.quote(value)}")
+            say(f"export {name}={shlex.quote(value)}", markup=False)
         if program is None and not print_only:
-            print("# `claude` is not installed: npm install -g @anthropic-ai/claude-code")
+            say("# `claude` is not installed: npm install -g @anthropic-ai/claude-code", markup=False)
         return
     os.execve(program, [program], {**os.environ, **env})

@@ -41,12 +41,16 @@ class ModelsSettings(Section):
     )
 
 
-class ServerSettings(Section):
+class ServerConfig(Section):
+    """invoke.yaml's `server:` section; the fields it shares with inference_server's ServerSettings are
+    handed over by name (tasks.core.server.served_settings)."""
+
     model: str
     host: str
     port: int = Field(ge=1, le=65535)
     engine: Literal["auto", "llama_cpp", "mlx"]
     api_key: str
+    api_key_file: str
     context_size: int = Field(ge=256)
     slots: int = Field(ge=1)
     queue_size: int = Field(ge=0)
@@ -64,6 +68,7 @@ class ServerSettings(Section):
     chat_max_tokens: int = Field(ge=0)
 
     _paths = field_validator("state_dir", mode="before")(lambda v: _expand(str(v)))
+    _key_file = field_validator("api_key_file", mode="before")(lambda v: str(_expand(str(v))) if v else "")
 
 
 class HostSettings(Section):
@@ -120,7 +125,7 @@ class DoctorSettings(Section):
 
 class Settings(Section):
     models: ModelsSettings
-    server: ServerSettings
+    server: ServerConfig
     hosts: dict[str, HostSettings]
     remote: RemoteSettings
     git: GitSettings

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from tasks.core import config
 from tasks.core.errors import ConfigError, HomelabError
+from tasks.core.files import write_atomically
 from tasks.core.processes import alive
 
 PHASES = ("environment", "configuration", "models", "server", "hosts", "disk")
@@ -196,21 +197,14 @@ def load_state(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def save_state(path: Path, results: dict[str, dict[str, Any]]) -> None:
-    _write_atomically(path, json.dumps({"version": STATE_VERSION, "checks": results}, indent=1))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomically(path, json.dumps({"version": STATE_VERSION, "checks": results}, indent=1))
 
 
 def write_log(folder: Path, lines: list[str], keep: int) -> Path:
     """This run's log file; only the newest `keep` logs stay (names sort by time)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     log = folder / f"doctor-{stamp}-{os.getpid()}.log"
-    _write_atomically(log, "\n".join(lines) + "\n")
+    write_atomically(log, "\n".join(lines) + "\n")
     for old in sorted(folder.glob("doctor-*.log"))[:-keep]:
         old.unlink(missing_ok=True)
     return log
@@ -474,36 +468,26 @@ def _downloads(settings: config.Settings) -> Outcome:
     return Outcome("ok", f"{len(info.repos)} repo(s), {describe_size(info.size_on_disk)}, all complete")
 
 
-def _health(url: str, timeout_s: float) -> tuple[bool, str]:
-    """GET url/health with the standard library: this check runs on every `--fast` rerun."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
-            return response.status == 200, f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"no answer ({reason})"
-
-
 def _server(settings: config.Settings) -> Outcome:
-    from tasks.core.loadtest import server_url
+    from tasks.core import server_state
 
-    pidfile = settings.server.state_dir / "server.pid"
-    url = server_url(settings.server.host, settings.server.port)
-    pid = _holder(pidfile)
-    healthy, health = _health(url, timeout_s=2)
-    if healthy:
-        return Outcome("ok", f"healthy at {url}" + (f" (pid {pid})" if pid else ""))
-    if pid is not None and not alive(pid):
-        remedy = Fix(f"remove the stale pidfile {pidfile}", lambda: pidfile.unlink(missing_ok=True))
-        return Outcome("warn", f"stale pidfile: pid {pid} is gone ({url}/health: {health})", [remedy])
-    if pid is not None:
-        return Outcome("fail", f"pid {pid} runs but {url}/health: {health} — see `inv server.logs`")
-    if health.startswith("HTTP"):
+    files = server_state.StateFiles(settings.server.state_dir)
+    found = server_state.look(files)
+    if isinstance(found, server_state.Running):
+        url = found.endpoint.url
+    else:
+        url = server_state.client_url(settings.server.host, settings.server.port)
+    answer = server_state.health(url, timeout_s=2)
+    health = f"HTTP {answer.code}" if answer.code else answer.detail
+    if answer.ok:
+        return Outcome("ok", f"healthy at {url}" + (f" (pid {found.pid})" if found else ""))
+    if isinstance(found, server_state.Stale):
+        remedy = Fix(f"remove the stale pidfile {files.pidfile}", lambda: server_state.forget(files))
+        detail = f"stale pidfile: pid {found.pid} is not the server it recorded ({url}/health: {health})"
+        return Outcome("warn", detail, [remedy])
+    if found is not None:
+        return Outcome("fail", f"pid {found.pid} runs but {url}/health: {health} — see `inv server.logs`")
+    if answer.code:
         return Outcome("warn", f"something else answers at {url} ({health}) — is the port taken?")
     return Outcome("skip", f"not running at {url} — `inv server.start`")
 

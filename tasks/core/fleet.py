@@ -11,7 +11,6 @@ from the inventory) and its own prefixed output streams, and needs its own timin
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,13 +25,9 @@ from typing import IO, Any, TypeVar
 from tasks.core import remote
 from tasks.core.config import PROJECT_ROOT, Settings
 from tasks.core.errors import HomelabError
-from tasks.core.loadtest import server_url
 from tasks.core.remote import Target
 
 FACTS_TASK = "remote.facts"
-# what `server.start` leaves in server.state_dir (server.json: the served ServerSettings, whose model id
-# is `model_name`); read as files, so the probe needs no server code
-PIDFILE, SERVED_FILE = "server.pid", "server.json"
 T = TypeVar("T")
 
 
@@ -181,12 +176,18 @@ def gather_facts(
 
 def local_facts(settings: Settings) -> HostFacts:
     """This host's facts: checkout revision, the server's pidfile and /health, free disk for models."""
-    state = settings.server.state_dir
-    server, running = _server_process(state / PIDFILE)
-    served = _read_json(state / SERVED_FILE) if running else {}  # a started server's own host/port/model
-    host, port = served.get("host", settings.server.host), served.get("port", settings.server.port)
-    health, answered_model = _health(str(host), int(port))
-    model = answered_model or str(served.get("model_name", "")) or f"{settings.server.model} (configured)"
+    from tasks.core import server_state
+
+    found = server_state.look(server_state.StateFiles(settings.server.state_dir))
+    if isinstance(found, server_state.Running):  # a started server's own address and model
+        server, url, model = f"running (pid {found.pid})", found.endpoint.url, found.endpoint.model
+    else:
+        server = "stale pidfile" if found else "stopped"
+        url = server_state.client_url(settings.server.host, settings.server.port)
+        model = f"{settings.server.model} (configured)"
+    answer = server_state.health(url, timeout_s=2)
+    health = "ok" if answer.ok else f"unhealthy ({answer.code})" if answer.code else "down"
+    model = str(answer.body.get("model") or "") or model
     return HostFacts(_revision(), server, model, health, _free_gb(settings.models.cache_dir))
 
 
@@ -201,47 +202,6 @@ def _revision() -> str:
 
     head = git("rev-parse", "--short", "HEAD") or "not a git checkout"
     return f"{head}+dirty" if git("status", "--porcelain", "--untracked-files=no") else head
-
-
-def _server_process(pidfile: Path) -> tuple[str, bool]:
-    """ "running (pid N)", "stale pidfile" or "stopped", and whether it runs."""
-    try:
-        pid = int(pidfile.read_text().split()[0])
-    except FileNotFoundError:
-        return "stopped", False
-    except (ValueError, IndexError):
-        return "stale pidfile", False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "stale pidfile", False
-    except PermissionError:  # alive, another user's
-        pass
-    return f"running (pid {pid})", True
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _health(host: str, port: int) -> tuple[str, str]:
-    """The server's /health answer in a word, and the model it names if it says."""
-    import httpx
-
-    try:
-        reply = httpx.get(f"{server_url(host, port)}/health", timeout=2.0)
-    except httpx.HTTPError:
-        return "down", ""
-    try:
-        body = reply.json()
-    except ValueError:
-        body = {}
-    model = str(body.get("model", "")) if isinstance(body, dict) else ""
-    return ("ok" if reply.status_code == 200 else f"unhealthy ({reply.status_code})"), model
 
 
 def _free_gb(path: Path) -> float:

@@ -55,15 +55,6 @@ class CheckResult:
     seconds: float
 
 
-def server_url(host: str, port: int) -> str:
-    """The URL a client on this machine uses for a server bound to host:port."""
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
 def is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     try:
@@ -348,13 +339,20 @@ def memory(target: Target, pid: int, budget_mb: int, requests: int, concurrency:
 
 
 def target(settings: Settings, url: str = "", model: str = "") -> Target:
-    """The server to test: the URL given, else the configured server on this machine."""
+    """The server to test: the URL given (with the configured key), else the server `inv server.start`
+    left running here (its own address and key), else the configured address."""
+    from tasks.core import server_state
+
     parts = urlsplit(url)
     if url and (parts.scheme not in ("http", "https") or not parts.hostname):
         raise HomelabError(f"'{url}' is not a server URL", "give one like http://127.0.0.1:8080")
+    if url:
+        endpoint = server_state.Endpoint(url.rstrip("/"), server_state.api_key(settings.server), "")
+    else:
+        endpoint = server_state.endpoint(server_state.StateFiles(settings.server.state_dir), settings.server)
     return Target(
-        url=url.rstrip("/") or server_url(settings.server.host, settings.server.port),
-        api_key=settings.server.api_key,
+        url=endpoint.url,
+        api_key=endpoint.api_key,
         timeout_s=settings.test.request_timeout_s,
         max_tokens=settings.test.max_tokens,
         model=model,

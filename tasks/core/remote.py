@@ -90,7 +90,7 @@ def task_arguments(task: Any, values: Mapping[str, Any]) -> list[str]:
         value = values.get(argument.attr_name or argument.name)
         if value is None or value == argument.default:
             continue
-        flag = f"--{argument.name}"
+        flag = f"--{argument.names[0]}"  # the dashed name invoke parses (`name` keeps underscores)
         if argument.kind is bool:
             words.append(flag if value else f"--no-{argument.name}")
         elif argument.kind is list:

@@ -1,12 +1,13 @@
-"""Process management for the inference server: settings, start/stop, status, logs, and small clients.
+"""Process management for the inference server: its settings, start/stop, status, logs, and a chat client.
 
-The server runs detached in its own session; its pid, log and settings live under `server.state_dir`.
-The server gets all its settings as one JSON file (inference_server.settings), never reading
-invoke.yaml itself.
+The server runs detached in its own session; what it is and where it listens is recorded under
+`server.state_dir` (tasks.core.server_state, which every task reads). The server gets all its settings
+as one JSON file (inference_server.settings), never reading invoke.yaml itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,35 +21,20 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from inference_server import settings as served_file
 from inference_server.engines import factory
 from inference_server.engines.base import EngineError
 from inference_server.settings import ServerSettings
-from tasks.core import catalog, convert, store
+from tasks.core import catalog, convert, server_state, store
 from tasks.core.config import PROJECT_ROOT, ModelsSettings, Settings
 from tasks.core.errors import HomelabError
+from tasks.core.files import PRIVATE, write_atomically
 from tasks.core.processes import alive
+from tasks.core.server_state import Endpoint, Running, Stale, StateFiles
 
 SHUTDOWN_MARGIN_S = 5.0  # after the grace period the engine still has to stop its worker
+CHAT_TIMEOUT_S = 300.0
 
 ModelFormat = Literal["gguf", "mlx", "safetensors"]
-
-
-@dataclass(frozen=True)
-class StateFiles:
-    folder: Path
-
-    @property
-    def pidfile(self) -> Path:
-        return self.folder / "server.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.folder / "server.log"
-
-    @property
-    def settings(self) -> Path:
-        return self.folder / "server.json"
 
 
 @dataclass(frozen=True)
@@ -61,28 +47,25 @@ class Status:
     health: str
 
 
-def served_settings(settings: Settings, **flags: Any) -> ServerSettings:
-    """The server's settings: invoke.yaml's `server:` section, with every non-empty flag winning."""
+def served_settings(settings: Settings, api_key_file: str = "", **flags: Any) -> ServerSettings:
+    """The server's settings: invoke.yaml's `server:` section, with every non-empty flag winning.
+
+    The fields both models share are taken over by name; the model's files, its format, the key and
+    the context (capped by the model's own) are worked out here."""
     config = settings.server.model_copy(update={k: v for k, v in flags.items() if v})
     entry = catalog.get_entry(catalog.load_catalog(settings.models.catalog), config.model)
     path, model_format = _model_files(entry, config.engine, settings.models)
+    shared = set(ServerSettings.model_fields) & set(type(config).model_fields)
     try:
         served = ServerSettings(
-            model_name=entry.name,
-            model_path=path,
-            model_format=model_format,
-            engine=config.engine,
-            host=config.host,
-            port=config.port,
-            api_key=config.api_key,
-            context_size=min(config.context_size, entry.context_length),
-            slots=config.slots,
-            queue_size=config.queue_size,
-            prefix_cache_bytes=config.prefix_cache_bytes,
-            threads=config.threads,
-            model_aliases=config.model_aliases,
-            strip_billing_header=config.strip_billing_header,
-            stop_grace_s=config.stop_grace_s,
+            **{
+                **config.model_dump(include=shared),
+                "model_name": entry.name,
+                "model_path": path,
+                "model_format": model_format,
+                "api_key": server_state.api_key(settings.server, flags.get("api_key", ""), api_key_file),
+                "context_size": min(config.context_size, entry.context_length),
+            }
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -117,126 +100,124 @@ def _model_files(
 
 def client_url(served: ServerSettings) -> str:
     """Where a client on this host reaches the server (a wildcard bind is reached on loopback)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(served.host, served.host)
-    return served.model_copy(update={"host": host}).url
+    return server_state.client_url(served.host, served.port)
 
 
 def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status:
-    """Start detached, wait for /health 200; on failure stop it and show the log's last lines."""
-    if (running := status(files)) is not None:
-        raise HomelabError(
-            f"a server is already running (pid {running.pid}) at {running.url}",
-            "stop it first: inv server.stop (or inv server.restart)",
-        )
-    if not _port_free(served.host, served.port):
-        raise HomelabError(
-            f"port {served.port} on {served.host} is already in use",
-            "pick another with --port, or stop what uses it",
-        )
-    files.folder.mkdir(parents=True, exist_ok=True)
-    _write_private(files.settings, served.model_dump_json(indent=2))
-    with files.log.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "inference_server", "--settings", str(files.settings)],
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _write_private(files.pidfile, f"{process.pid}\n")
-    problem = _wait_healthy(client_url(served), process, timeout_s)
+    """Start detached, wait for /health 200; on failure stop it and show the log's last lines.
+
+    One start at a time: the lock is held from the look at the pidfile until the new one is written,
+    so a second start either refuses at once or finds this server running."""
+    with server_state.start_lock(files):
+        found = server_state.look(files)
+        if isinstance(found, Running):
+            raise HomelabError(
+                f"a server is already running (pid {found.pid}) at {found.endpoint.url}",
+                "stop it first: inv server.stop (or inv server.restart)",
+            )
+        if not _port_free(served.host, served.port):
+            raise HomelabError(
+                f"port {served.port} on {served.host} is already in use",
+                "pick another with --port, or stop what uses it",
+            )
+        write_atomically(files.settings, served.model_dump_json(indent=2), mode=PRIVATE)
+        command = [sys.executable, "-m", "inference_server", "--settings", str(files.settings)]
+        with files.log.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        recorded = server_state.record(files, process.pid, command)
+    if recorded:
+        problem = _wait_healthy(client_url(served), process, timeout_s)
+    elif process.poll() is not None:
+        problem = f"the server exited with code {process.returncode}"
+    else:
+        problem = "the started server never showed its command line, so it cannot be told apart"
     if problem:
-        _kill(process.pid)
-        _forget(files)
+        process.kill()
+        process.wait()
+        server_state.forget(files)
         raise HomelabError(
             f"{problem}; the server log ends with:\n{tail(files.log, 15)}", f"full log: {files.log}"
         )
     started = status(files)
-    assert started is not None
+    if not isinstance(started, Status):  # stopped or replaced since it answered: say so, leave nothing
+        process.kill()
+        process.wait()
+        raise HomelabError("the server stopped right after it became healthy", f"see its log: {files.log}")
     return started
 
 
-def stop(files: StateFiles, grace_s: float) -> int | None:
-    """SIGTERM, then SIGKILL after the grace (plus the engine's shutdown); the pid stopped, or None."""
-    pid = _read_pid(files)
-    if pid is None:
-        return None
-    if alive(pid):
-        os.kill(pid, signal.SIGTERM)
+def stop(files: StateFiles, grace_s: float) -> Running | Stale | None:
+    """SIGTERM, then SIGKILL after the grace (plus the engine's shutdown), to the process the pidfile
+    records and only if it is still that process; what was found (a stale pidfile is just removed).
+
+    Once identified, the wait is on the pid itself: an exiting process stops showing its command line
+    before its last thread ends, and its pid is not reused until it is gone."""
+    found = server_state.look(files)
+    if isinstance(found, Running):
+        _signal(found, signal.SIGTERM)
         deadline = time.monotonic() + grace_s + SHUTDOWN_MARGIN_S
-        while alive(pid) and time.monotonic() < deadline:
+        while alive(found.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if alive(pid):
-            _kill(pid)
-    _forget(files)
-    return pid
+        if alive(found.pid):
+            _signal(found, signal.SIGKILL)
+            while alive(found.pid):
+                time.sleep(0.05)
+    if found is not None:
+        server_state.forget(files)
+    return found
 
 
-def status(files: StateFiles) -> Status | None:
-    """The running server, or None (a stale pidfile is removed)."""
-    pid = _read_pid(files)
-    if pid is None:
-        return None
-    if not alive(pid):
-        _forget(files)
-        return None
-    served = served_file.load(files.settings)
-    url = client_url(served)
-    code, answer = health(url)
+def status(files: StateFiles) -> Status | Stale | None:
+    """The running server and its health; Stale (its pidfile removed) when the recorded process is gone
+    or is another process now; None when no server was started."""
+    found = server_state.look(files)
+    if isinstance(found, Stale):
+        server_state.forget(files)
+    if not isinstance(found, Running):
+        return found
+    answer = server_state.health(found.endpoint.url)
     return Status(
-        pid=pid,
-        started=files.pidfile.stat().st_mtime,
-        url=url,
-        model=served.model_name,
-        engine=str(answer.get("engine", served.engine)),
-        health="ok" if code == 200 else str(answer.get("detail") or answer.get("status") or code),
+        pid=found.pid,
+        started=found.identity.create_time,
+        url=found.endpoint.url,
+        model=found.endpoint.model,
+        engine=str(answer.body.get("engine", found.engine)),
+        health="ok" if answer.ok else answer.detail,
     )
 
 
-def current(files: StateFiles, fallback: ServerSettings) -> ServerSettings:
-    """The running server's settings if one runs, else what a start would use."""
-    return served_file.load(files.settings) if status(files) is not None else fallback
-
-
-def health(url: str) -> tuple[int, dict[str, Any]]:
-    """/health's status code and body; 0 when nothing answers."""
-    import httpx
-
-    try:
-        response = httpx.get(f"{url}/health", timeout=3)
-    except httpx.HTTPError as exc:
-        return 0, {"status": "down", "detail": f"no answer ({type(exc).__name__})"}
-    try:
-        return response.status_code, response.json()
-    except ValueError:
-        return response.status_code, {"status": response.text[:200]}
-
-
 def chat(
-    url: str,
-    api_key: str,
-    model: str,
+    endpoint: Endpoint,
     prompt: str,
     max_tokens: int,
     temperature: float,
     on_text: Callable[[str], None],
+    timeout_s: float = CHAT_TIMEOUT_S,
 ) -> None:
-    """Stream one answer through /v1/chat/completions, calling `on_text` for each piece."""
+    """Stream one answer through /v1/chat/completions, calling `on_text` for each piece; anything that
+    goes wrong on the way is one line with what to do."""
     import httpx
 
     request: dict[str, Any] = {
-        "model": model,
+        "model": endpoint.model,
         "messages": [{"role": "user", "content": prompt}],
         "stream": True,
         "temperature": temperature,
     }
     if max_tokens:
         request["max_tokens"] = max_tokens
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    url = endpoint.url
     try:
         with httpx.stream(
-            "POST", f"{url}/v1/chat/completions", json=request, headers=headers, timeout=300
+            "POST", f"{url}/v1/chat/completions", json=request, headers=headers, timeout=timeout_s
         ) as r:
             if r.status_code != 200:
                 r.read()
@@ -247,13 +228,22 @@ def chat(
                         on_text(text)
     except httpx.ConnectError:
         raise HomelabError(f"no server at {url}", "start one: inv server.start") from None
+    except httpx.TimeoutException:
+        raise HomelabError(
+            f"{url} did not answer within {timeout_s:g} s", "see inv server.status and inv server.logs"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise HomelabError(
+            f"the connection to {url} failed: {exc or type(exc).__name__}",
+            "see inv server.status and inv server.logs",
+        ) from None
 
 
-def claude_env(served: ServerSettings, model: str, small_fast_model: str) -> dict[str, str]:
+def claude_env(endpoint: Endpoint, model: str, small_fast_model: str) -> dict[str, str]:
     """What points Claude Code at this server; any token works when no key is configured."""
     return {
-        "ANTHROPIC_BASE_URL": client_url(served),
-        "ANTHROPIC_AUTH_TOKEN": served.api_key or "no-key-needed",
+        "ANTHROPIC_BASE_URL": endpoint.url,
+        "ANTHROPIC_AUTH_TOKEN": endpoint.api_key or "no-key-needed",
         "ANTHROPIC_MODEL": model,
         "ANTHROPIC_SMALL_FAST_MODEL": small_fast_model,
     }
@@ -301,11 +291,11 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return f"the server exited with code {process.returncode}"
-        code, answer = health(url)
-        if code == 200:
+        answer = server_state.health(url)
+        if answer.ok:
             return ""
-        if answer.get("status") == "error":
-            return f"the server is unhealthy: {answer.get('detail')}"
+        if answer.body.get("status") == "error":
+            return f"the server is unhealthy: {answer.body.get('detail')}"
         time.sleep(0.25)
     return f"the server did not become healthy within {timeout_s:g} s"
 
@@ -321,31 +311,6 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _read_pid(files: StateFiles) -> int | None:
-    try:
-        return int(files.pidfile.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    while alive(pid):
-        time.sleep(0.05)
-
-
-def _forget(files: StateFiles) -> None:
-    files.pidfile.unlink(missing_ok=True)
-    files.settings.unlink(missing_ok=True)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Owner-only (it may hold the API key), written whole: temp file, then rename."""
-    temp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    temp.replace(path)
+def _signal(running: Running, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(running.pid, signum)

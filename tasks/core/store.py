@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tasks.core.catalog import CatalogEntry
 from tasks.core.config import ModelsSettings
 from tasks.core.errors import HomelabError
+from tasks.core.files import write_atomically
 
 if TYPE_CHECKING:
     from huggingface_hub import HFCacheInfo
@@ -119,7 +119,7 @@ def record_partial(storage: Path, filename: str, etag: str, size: int) -> None:
     previous = read_partial(storage, filename)
     if previous is not None and previous[2] != incomplete_path(storage / "blobs" / etag):
         previous[2].unlink(missing_ok=True)
-    _write_atomically(partial_marker(storage, filename), f"{etag} {size}\n")
+    write_atomically(partial_marker(storage, filename), f"{etag} {size}\n")
 
 
 def read_partial(storage: Path, filename: str) -> tuple[int, int, Path] | None:
@@ -140,14 +140,7 @@ def clear_partial(storage: Path, filename: str) -> None:
 def record_ref(storage: Path, revision: str, commit: str) -> None:
     """refs/<branch or tag> -> commit, as huggingface_hub writes it (no newline)."""
     if revision != commit:
-        _write_atomically(storage / "refs" / revision, commit)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        write_atomically(storage / "refs" / revision, commit)
 
 
 def free_bytes(path: Path) -> int:

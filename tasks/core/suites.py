@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.config import PROJECT_ROOT
+from tasks.core.console import say
 
 PYTEST_NO_TESTS = 5
 BENCH_DIR = PROJECT_ROOT / "tests" / "bench"
@@ -48,7 +49,7 @@ class StepResult:
 
 
 def _run(name: str, argv: list[str], root: Path) -> StepResult:
-    print(f"==> {name}: {shlex.join(['python', '-m', *argv])}", flush=True)
+    say(f"==> {name}: {shlex.join(['python', '-m', *argv])}", markup=False)
     started = time.perf_counter()
     code = subprocess.run([sys.executable, "-m", *argv], cwd=root).returncode
     return StepResult(name, code, time.perf_counter() - started)
@@ -106,7 +107,7 @@ def bench(script: Path, root: Path = PROJECT_ROOT) -> StepResult:
     """Run one benchmark script's `main()` in its own interpreter (it prints its table, writes JSON)."""
     name = script.stem.removeprefix("bench_")
     code = f"import runpy; runpy.run_path({str(script)!r})['main']()"
-    print(f"==> bench {name}", flush=True)
+    say(f"==> bench {name}", markup=False)
     started = time.perf_counter()
     env = {
         **os.environ,
@@ -138,7 +139,7 @@ def report(title: str, results: list[StepResult]) -> None:
     counted = [r for r in results if r.passed is not None]
     if len(counted) > 1:
         totals = (sum(getattr(r, k) or 0 for r in counted) for k in ("passed", "failed", "skipped"))
-        print("tests: {} passed, {} failed, {} skipped".format(*totals))
+        say("tests: {} passed, {} failed, {} skipped".format(*totals))
     failed = [r for r in results if not r.ok]
     if failed:
         names = ", ".join(r.name for r in failed)
@@ -152,9 +153,8 @@ def write_bench_json(name: str, data: dict[str, object], root: Path = PROJECT_RO
     """Save a benchmark's figures as .bench/NAME.json (whole or not at all), for `inv test.bench`."""
     import json
 
+    from tasks.core.files import write_atomically
+
     target = root / ".bench" / f"{name}.json"
-    target.parent.mkdir(exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(target)
+    write_atomically(target, json.dumps(data, indent=1) + "\n")
     return target

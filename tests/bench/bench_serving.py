@@ -35,7 +35,7 @@ import httpx
 from inference_server.engines import factory
 from inference_server.engines.base import ChatMessage, SamplingParams
 from inference_server.settings import ServerSettings
-from tasks.core import config
+from tasks.core import config, server_state
 from tasks.core import server as core
 from tests.bench import peers
 from tests.bench.load import QUESTIONS, Round, Stream, chat_request, drive_streams, stream_chat
@@ -112,7 +112,7 @@ def server_target(settings: ServerSettings, plan: Plan) -> Iterator[Target]:
     """This project's server, started and stopped as `inv server.start` / `server.stop` do."""
     served = settings.model_copy(update={"port": free_port(), "api_key": "bench"})
     with tempfile.TemporaryDirectory(prefix="bench-server-") as state:
-        files = core.StateFiles(Path(state))
+        files = server_state.StateFiles(Path(state))
         core.start(served, files, config.load().server.start_timeout_s)
         try:
             yield http_target(served.url, plan, model=served.model_name, api_key=served.api_key)

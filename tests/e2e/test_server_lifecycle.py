@@ -18,9 +18,11 @@ import pytest
 
 from inference_server.app import create_app
 from tasks.core import server as core
+from tasks.core import server_state
 from tasks.core.config import PROJECT_ROOT
 from tasks.core.errors import HomelabError
 from tasks.core.processes import alive
+from tasks.core.server_state import StateFiles
 from tests.fixtures.server import free_port, settings_for_test
 
 INV = [sys.executable, "-m", "invoke"]
@@ -43,7 +45,13 @@ def task_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "PYTHONPATH": str(PROJECT_ROOT),
     }
     yield env
-    core.stop(core.StateFiles(tmp_path / "state"), grace_s=5)
+    core.stop(StateFiles(tmp_path / "state"), grace_s=5)
+
+
+def _pid(env: dict[str, str]) -> int:
+    found = server_state.look(StateFiles(Path(env["INVOKE_SERVER_STATE_DIR"])))
+    assert isinstance(found, server_state.Running), found
+    return found.pid
 
 
 def test_start_refuses_a_second_start_and_stop_removes_the_pidfile(task_env: dict[str, str]) -> None:
@@ -51,7 +59,7 @@ def test_start_refuses_a_second_start_and_stop_removes_the_pidfile(task_env: dic
     started = inv(task_env, "server.start")
     assert started.returncode == 0, started.stderr
     assert f"http://127.0.0.1:{task_env['INVOKE_SERVER_PORT']}" in started.stdout
-    pid = int(pidfile.read_text())
+    pid = _pid(task_env)
 
     again = inv(task_env, "server.start")
     assert again.returncode != 0
@@ -90,16 +98,105 @@ def test_client_tasks_talk_to_the_running_server(task_env: dict[str, str]) -> No
     assert f"export ANTHROPIC_BASE_URL={url}" in exports
     assert "export ANTHROPIC_SMALL_FAST_MODEL=claude-haiku-4-5" in exports
 
-    pidfile = Path(task_env["INVOKE_SERVER_STATE_DIR"]) / "server.pid"
-    first_pid = pidfile.read_text()
+    first_pid = _pid(task_env)
+    bad = inv(task_env, "server.restart", "--model", "no-such-model")
+    assert bad.returncode != 0 and "no-such-model" in bad.stderr
+    assert _pid(task_env) == first_pid  # a bad flag is refused before anything is stopped
     assert inv(task_env, "server.restart").returncode == 0
-    assert pidfile.read_text() != first_pid
+    assert _pid(task_env) != first_pid
     assert inv(task_env, "server.health").returncode == 0
 
     assert inv(task_env, "server.stop").returncode == 0
     down = inv(task_env, "server.health")
     assert down.returncode != 0
     assert down.stderr.startswith(f"error: {url}: no answer") and "Traceback" not in down.stderr
+
+
+def test_client_tasks_follow_the_running_server_whatever_model_is_configured(
+    task_env: dict[str, str],
+) -> None:
+    """A server started with another model (and its own key) is what health, chat and claude talk to:
+    the configured model, not on this machine, is never looked up while it runs."""
+    url = f"http://127.0.0.1:{task_env['INVOKE_SERVER_PORT']}"
+    assert inv(task_env, "server.start", "--api-key", "k1").returncode == 0
+    other = {**task_env, "INVOKE_SERVER_MODEL": "tinyllama"}  # not downloaded here
+    assert "not on this machine" in inv(other, "server.start", "--port", "1").stderr  # as configured
+
+    health = inv(other, "server.health")
+    assert health.returncode == 0, health.stderr
+    assert health.stdout.startswith(f"ok: smollm2 on llama_cpp at {url}")
+    answer = inv(other, "server.chat", "Hi", "--max-tokens", "4")
+    assert answer.returncode == 0, answer.stderr  # the running server's model name and key
+    assert answer.stdout.strip()
+    exports = inv(other, "server.claude", "--print-only").stdout.splitlines()
+    assert f"export ANTHROPIC_BASE_URL={url}" in exports and "export ANTHROPIC_AUTH_TOKEN=k1" in exports
+
+
+def test_the_key_from_the_api_key_file_guards_the_server_and_is_in_no_argv(
+    task_env: dict[str, str], tmp_path: Path
+) -> None:
+    import psutil
+
+    key_file = tmp_path / "key"
+    key_file.write_text("file-key-123\n")
+    key_file.chmod(0o644)
+    env = {**task_env, "INVOKE_SERVER_API_KEY_FILE": str(key_file)}
+    refused = inv(env, "server.start")
+    assert refused.returncode != 0
+    assert refused.stderr.strip() == (
+        f"error: {key_file}: the API key file is open to others (mode 644) — chmod 600 {key_file}"
+    )
+
+    key_file.chmod(0o600)
+    assert inv(env, "server.start", "--host", "0.0.0.0").returncode == 0  # off loopback: a key is set
+    url = f"http://127.0.0.1:{env['INVOKE_SERVER_PORT']}"
+    assert httpx.get(f"{url}/v1/models", timeout=TIMEOUT).status_code == 401
+    keyed = httpx.get(f"{url}/v1/models", headers={"x-api-key": "file-key-123"}, timeout=TIMEOUT)
+    assert keyed.status_code == 200
+    server = psutil.Process(_pid(env))
+    assert not any("file-key-123" in word for word in server.cmdline())
+    settings = Path(env["INVOKE_SERVER_STATE_DIR"]) / "server.json"
+    assert oct(settings.stat().st_mode & 0o777) == "0o600"
+    assert inv(env, "server.chat", "Hi", "--max-tokens", "2").returncode == 0
+
+
+def test_stop_and_status_never_signal_a_process_that_reused_the_pid(task_env: dict[str, str]) -> None:
+    state = StateFiles(Path(task_env["INVOKE_SERVER_STATE_DIR"]))
+    state.folder.mkdir(parents=True)
+    waits = [sys.executable, "-c", "import sys; sys.stdin.read()"]  # runs until we close its stdin
+    bystander = subprocess.Popen(waits, stdin=subprocess.PIPE)
+    try:
+        for task in ("server.status", "server.stop"):
+            state.pidfile.write_text(f"{bystander.pid}\n")  # left by a crashed server whose pid came back
+            done = inv(task_env, task)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.startswith("not running (stale pidfile removed")
+            assert not state.pidfile.exists()
+        assert bystander.poll() is None
+    finally:
+        assert bystander.stdin is not None
+        bystander.stdin.close()
+        bystander.wait(timeout=TIMEOUT)
+
+
+def test_a_start_while_another_start_is_under_way_refuses_in_one_line(task_env: dict[str, str]) -> None:
+    """The test holds the start lock, as a first `server.start` does from its status check to its
+    pidfile write; a second one refuses at once rather than wait (and starts nothing)."""
+    import fcntl
+
+    state = StateFiles(Path(task_env["INVOKE_SERVER_STATE_DIR"]))
+    state.folder.mkdir(parents=True)
+    with state.lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = inv(task_env, "server.start")
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"error: another server.start is under way here (it holds {state.lock})"
+        " — wait for it to finish, then see inv server.status"
+    )
+    assert not state.pidfile.exists()
+    assert server_state.health(f"http://127.0.0.1:{task_env['INVOKE_SERVER_PORT']}").code == 0
+    assert inv(task_env, "server.start").returncode == 0  # once released, a start goes ahead
 
 
 def test_run_serves_in_the_foreground_until_interrupted(task_env: dict[str, str]) -> None:
@@ -111,7 +208,7 @@ def test_run_serves_in_the_foreground_until_interrupted(task_env: dict[str, str]
         )
     try:
         deadline = time.monotonic() + TIMEOUT
-        while core.health(url)[0] != 200:
+        while server_state.health(url).code != 200:
             assert server.poll() is None, output.read_text()
             assert time.monotonic() < deadline, "server.run never became healthy"
             time.sleep(0.2)
@@ -123,19 +220,19 @@ def test_run_serves_in_the_foreground_until_interrupted(task_env: dict[str, str]
             server.kill()
             server.wait()
     assert "Application shutdown complete" in output.read_text()
-    assert core.health(url)[0] == 0
+    assert server_state.health(url).code == 0
 
 
 def test_start_of_a_model_that_fails_to_load_shows_the_log_and_cleans_up(tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a GGUF file\n" * 64)
     settings = settings_for_test().model_copy(update={"model_path": broken})
-    files = core.StateFiles(tmp_path / "state")
+    files = StateFiles(tmp_path / "state")
     with pytest.raises(HomelabError, match="the server is unhealthy: loading failed") as raised:
         core.start(settings, files, timeout_s=TIMEOUT)
     assert "the server log ends with" in str(raised.value) and "broken.gguf" in str(raised.value)
     assert not files.pidfile.exists()
-    assert core.health(settings.url)[0] == 0
+    assert server_state.health(settings.url).code == 0
 
 
 def test_claude_task_launches_claude_with_the_servers_environment(

@@ -14,9 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from tasks.core import config, fleet
+from tasks.core import config, fleet, server_state
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -52,10 +53,9 @@ def test_running_server_is_healthy_at_the_address_it_bound(
     health_server: tuple[str, int], project_config: dict, tmp_path: Path
 ) -> None:
     host, port = health_server
-    (tmp_path / fleet.PIDFILE).write_text(f"{os.getpid()}\n")
-    (tmp_path / fleet.SERVED_FILE).write_text(
-        json.dumps({"model_name": "smollm2", "host": host, "port": port})
-    )
+    files = server_state.StateFiles(tmp_path)
+    server_state.record(files, os.getpid(), psutil.Process().cmdline())
+    files.settings.write_text(json.dumps({"model_name": "smollm2", "host": host, "port": port}))
     project_config["server"]["state_dir"] = str(tmp_path)
     facts = fleet.local_facts(config.validate(project_config))
     assert (facts.health, facts.model) == ("ok", "stand-in")

@@ -65,9 +65,9 @@ def test_download_list_info_verify_delete_round_trip(models_cli: ModelsCli, hub:
     again = models_cli("models.download", "tiny")
     assert again.returncode == 0 and hub.served[f"{TINY}/tiny-Q4_K_M.gguf"] == 3 * MB  # nothing refetched
 
-    refused = models_cli("models.rm", "tiny")  # no terminal to answer: nothing is deleted
-    assert "nothing deleted" in _one_line_error(refused)
-    deleted = models_cli("models.rm", "tiny", stdin="y\n")
+    refused = models_cli("models.rm", "tiny", stdin="y\n")  # no terminal to ask: refused, kept
+    assert "(no terminal to ask) — re-run with --yes" in _one_line_error(refused)
+    deleted = models_cli("models.rm", "tiny", "--yes")
     assert deleted.returncode == 0, deleted.stderr
     assert "freed 3.0 MB" in deleted.stdout
     assert not any(r.repo_id == TINY for r in scan_cache_dir(models_cli.cache_dir).repos)

@@ -8,7 +8,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from tasks.core import config, fleet
+import psutil
+
+from tasks.core import config, fleet, server_state
+from tasks.core.server_state import StateFiles
 
 
 def facts_with_state(project_config: dict[str, Any], state: Path) -> fleet.HostFacts:
@@ -27,17 +30,23 @@ def test_no_pidfile_means_stopped_with_the_configured_model(project_config: dict
 
 
 def test_pidfile_of_a_dead_process_is_stale(project_config: dict, tmp_path: Path) -> None:
-    (tmp_path / fleet.PIDFILE).write_text("999999999\n")  # above any pid_max
+    StateFiles(tmp_path).pidfile.write_text("999999999\n")  # above any pid_max
+    assert facts_with_state(project_config, tmp_path).server == "stale pidfile"
+
+
+def test_pidfile_naming_a_live_process_that_is_not_the_server_is_stale(
+    project_config: dict, tmp_path: Path
+) -> None:
+    StateFiles(tmp_path).pidfile.write_text(f"{os.getpid()}\n")  # alive, but nothing recorded it as ours
     assert facts_with_state(project_config, tmp_path).server == "stale pidfile"
 
 
 def test_running_server_reports_its_own_model_not_the_configured_one(
     project_config: dict, tmp_path: Path
 ) -> None:
-    (tmp_path / fleet.PIDFILE).write_text(f"{os.getpid()}\n")
-    (tmp_path / fleet.SERVED_FILE).write_text(
-        json.dumps({"model_name": "tinyllama", "port": 1, "host": "127.0.0.1"})
-    )
+    files = StateFiles(tmp_path)
+    assert server_state.record(files, os.getpid(), psutil.Process().cmdline())  # stands in for a server
+    files.settings.write_text(json.dumps({"model_name": "tinyllama", "port": 1, "host": "127.0.0.1"}))
     facts = facts_with_state(project_config, tmp_path)
     assert facts.server == f"running (pid {os.getpid()})"
     assert (facts.model, facts.health) == ("tinyllama", "down")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tasks.core import config, loadtest
+from tasks.core import config, loadtest, server_state
 from tasks.core.errors import HomelabError
 
 
@@ -32,8 +32,9 @@ def test_loopback_urls_are_allowed(url: str) -> None:
 
 
 def test_wildcard_bind_is_reached_over_loopback() -> None:
-    assert loadtest.server_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
-    assert loadtest.server_url("::1", 8080) == "http://[::1]:8080"
+    assert server_state.client_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert server_state.client_url("::", 8080) == "http://[::1]:8080"
+    assert server_state.client_url("::1", 8080) == "http://[::1]:8080"
 
 
 @pytest.mark.parametrize("url", ["nonsense", "127.0.0.1:8080", "ftp://127.0.0.1", "http://"])

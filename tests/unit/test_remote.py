@@ -96,6 +96,22 @@ def test_arguments_rebuild_flags_as_invoke_parses_them() -> None:
     ]
 
 
+def test_server_start_on_a_connection_passes_its_shared_flags_by_their_dashed_names(
+    lab_config: dict[str, Any], mock_remote: MockRemote
+) -> None:
+    fab_made = connection("gpu", lab_config)
+    (channel,) = mock_remote.expect_sessions(Session(host="gpu.lan", user="me", port=2200, exit=0))
+    ns["server.start"](fab_made, api_key_file="~/.key", context_size=512, alias=["a"])
+    invoked = sent(channel).split(" && ")[-1]
+    assert shlex.split(invoked)[2:] == [
+        "invoke",
+        "server.start",
+        "--api-key-file=~/.key",
+        "--context-size=512",
+        "--alias=a",
+    ]
+
+
 def test_command_quotes_every_word_and_keeps_tilde_expandable() -> None:
     target = remote.Target("box", remote.Endpoint("box"), "~/my homelab", ".venv/bin/python")
     command = remote.invoke_command(target, "models.info", [f"--name={HOSTILE}"])

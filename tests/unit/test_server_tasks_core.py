@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from tasks.core import config
+from tasks.core import config, server_state
 from tasks.core import server as core
 from tasks.core.errors import HomelabError
+from tasks.core.server_state import StateFiles
 
 
 def test_flags_beat_config_and_context_is_capped_by_the_model(project_config: dict[str, Any]) -> None:
@@ -41,11 +44,18 @@ def test_mlx_engine_on_a_gguf_model_without_its_conversion_is_refused_before_sta
     assert refused.value.fix == "run `inv models.convert smollm2`"
 
 
-def test_claude_env_points_at_the_server_with_claude_names(project_config: dict[str, Any]) -> None:
-    served = core.served_settings(config.validate(project_config), host="0.0.0.0", api_key="k")
-    env = core.claude_env(served, "claude-sonnet-4-6", "claude-haiku-4-5")
+def test_claude_env_points_at_the_running_server_with_claude_names(
+    project_config: dict[str, Any], tmp_path: Path
+) -> None:
+    settings = config.validate(project_config)
+    served = core.served_settings(settings, host="0.0.0.0", port=9123, api_key="k")
+    files = StateFiles(tmp_path)
+    files.settings.write_text(served.model_dump_json())
+    assert server_state.record(files, os.getpid(), psutil.Process().cmdline())  # stands in for a server
+    endpoint = server_state.endpoint(files, settings.server)
+    env = core.claude_env(endpoint, "claude-sonnet-4-6", "claude-haiku-4-5")
     assert env == {
-        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{served.port}",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9123",
         "ANTHROPIC_AUTH_TOKEN": "k",
         "ANTHROPIC_MODEL": "claude-sonnet-4-6",
         "ANTHROPIC_SMALL_FAST_MODEL": "claude-haiku-4-5",
@@ -57,5 +67,5 @@ def test_start_refuses_a_port_in_use_before_spawning(project_config: dict[str, A
         port = taken.getsockname()[1]
         served = core.served_settings(config.validate(project_config), port=port)
         with pytest.raises(HomelabError, match=f"port {port} on 127.0.0.1 is already in use"):
-            core.start(served, core.StateFiles(tmp_path), timeout_s=5)
+            core.start(served, StateFiles(tmp_path), timeout_s=5)
     assert not (tmp_path / "server.pid").exists()
