@@ -150,38 +150,49 @@ def _holder(lock: Path) -> int | None:
 def run_lock(lock: Path, timeout_s: float, poll_s: float = 0.1) -> Iterator[list[str]]:
     """Hold `lock` for this process; wait for a live holder, take over from a dead one.
 
-    The lock file is created complete (pid written to a private file, then hard-linked into
-    place), so a reader never sees an empty lock and mistakes it for a stale one.
+    The lock is an flock on the file, which the kernel drops when its holder dies, so a stale lock
+    is one nobody holds and exactly one waiter gets it; the file only names the holder's pid for the
+    messages. The holder removes the file before letting go, so a waiter that locked the removed
+    file opens the path again.
     """
+    import fcntl
+
     lock.parent.mkdir(parents=True, exist_ok=True)
-    mine = lock.with_name(f".{lock.name}.{os.getpid()}")
-    mine.write_text(f"{os.getpid()}\n")
     notes: list[str] = []
     deadline = time.monotonic() + timeout_s
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise HomelabError(
+                    f"another doctor run (pid {_holder(lock)}) holds {lock}; gave up after {timeout_s:g}s",
+                    "wait for it to finish, then run again",
+                ) from None
+            time.sleep(poll_s)
+            continue
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # locked a file its holder had just removed: try the path again
     try:
-        while True:
-            try:
-                os.link(mine, lock)
-                break
-            except FileExistsError:
-                holder = _holder(lock)
-                if holder is not None and not alive(holder):
-                    lock.unlink(missing_ok=True)
-                    notes.append(f"removed a stale lock left by pid {holder}, which is no longer running")
-                    continue
-                if time.monotonic() >= deadline:
-                    raise HomelabError(
-                        f"another doctor run (pid {holder}) holds {lock}; gave up after {timeout_s:g}s",
-                        "wait for it to finish, then run again",
-                    ) from None
-                time.sleep(poll_s)
-    finally:
-        mine.unlink(missing_ok=True)
-    try:
+        left = os.read(fd, 64).decode(errors="replace").strip()
+        if left:
+            notes.append(f"took over the lock left by pid {left}, which is no longer running")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield notes
     finally:
-        if _holder(lock) == os.getpid():
-            lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), path.stat())
+    except FileNotFoundError:
+        return False
 
 
 def load_state(path: Path) -> dict[str, dict[str, Any]]:
