@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from tasks.core.errors import ConfigError
 
@@ -66,6 +67,20 @@ class ServerSettings(Section):
     _paths = field_validator("state_dir", mode="before")(lambda v: _expand(str(v)))
 
 
+SSH_NAME_RULE = "must not start with '-' or hold spaces or control characters"
+
+
+def unsafe_ssh_name(value: str) -> bool:
+    """A host or user name that an ssh command line would read as an option, or split in two."""
+    return value.startswith("-") or any(ch.isspace() or not ch.isprintable() for ch in value)
+
+
+def _ssh_name(value: str) -> str:
+    if unsafe_ssh_name(value):
+        raise PydanticCustomError("ssh_name", SSH_NAME_RULE)
+    return value
+
+
 class HostSettings(Section):
     """One inventory entry; empty fields fall back to ~/.ssh/config and the remote section."""
 
@@ -75,6 +90,8 @@ class HostSettings(Section):
     checkout: str = ""
     python: str = ""
     tags: list[str] = []
+
+    _names = field_validator("host", "user")(_ssh_name)
 
 
 class RemoteSettings(Section):

@@ -519,29 +519,28 @@ def _server(settings: config.Settings) -> Outcome:
     return Outcome("skip", f"not running at {url} — `inv server.start`")
 
 
-def _ssh(name: str, host: config.HostSettings, settings: config.Settings) -> Callable[[], Outcome]:
+def _ssh(name: str, settings: config.Settings, merged: Any) -> Callable[[], Outcome]:
+    """`true` on the host over the connection code every fab and fleet task uses: a host that passes
+    here reaches them too (doctor.ssh_timeout_s only makes doctor give up sooner)."""
+
     def check() -> Outcome:
-        policy = {"strict": "yes", "accept-new": "accept-new"}[settings.remote.host_key_policy]
-        timeout = settings.doctor.ssh_timeout_s
-        target = f"{host.user}@{host.host}" if host.user else host.host
-        command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(timeout))}"]
-        command += [
-            "-o",
-            f"StrictHostKeyChecking={policy}",
-            "-o",
-            f"UserKnownHostsFile={settings.remote.known_hosts}",
-        ]
-        command += [*(["-p", str(host.port)] if host.port else []), target, "true"]
+        import dataclasses
+
+        from tasks.core import remote
+
+        target = remote.resolve(name, settings)
+        endpoint = target.endpoint
+        address = f"{endpoint.user}@{endpoint.host}" if endpoint.user else endpoint.host
+        address += f":{endpoint.port}" if endpoint.port else ""
+        target = dataclasses.replace(target, name=f"{name} ({address})")
+        connection = remote.open_connection(target, merged, settings, settings.doctor.ssh_timeout_s)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 5)
-        except subprocess.TimeoutExpired:
-            return Outcome("fail", f"{target}: no answer within {timeout:g}s")
-        except FileNotFoundError:
-            return Outcome("fail", "no ssh client — install openssh-client")
-        if done.returncode == 0:
-            return Outcome("ok", f"{target} reachable over SSH")
-        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        return Outcome("fail", f"{target}: {last}")
+            done = remote.run_on(connection, target, "true", hide=True, in_stream=False)
+        finally:
+            connection.close()
+        if done.exited:
+            return Outcome("fail", f"{target.name}: `true` exited {done.exited} — check the host's shell")
+        return Outcome("ok", f"{target.name} reachable over SSH")
 
     return check
 
@@ -593,8 +592,8 @@ def host_checks(root: Path, settings: config.Settings, merged: Any, hosts: bool)
     ]
     if hosts:
         checks += [
-            Check(f"ssh {name}", "hosts", ("config",), _ssh(name, host, settings))
-            for name, host in settings.hosts.items()
+            Check(f"ssh {name}", "hosts", ("config",), _ssh(name, settings, merged))
+            for name in settings.hosts
         ]
         if not settings.hosts:
             checks.append(

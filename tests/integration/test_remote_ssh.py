@@ -49,11 +49,11 @@ def test_hostile_argument_arrives_as_one_word_and_runs_nothing(
     # remote.sync on host a receives the string as its HOST argument and cannot resolve it
     done = cli("fab", lab_yaml, "-H", "a", "remote.sync", hostile)
     assert done.returncode == 255
-    assert one_line(done.stderr).startswith(f"error: {hostile}: unknown host name")
+    assert one_line(done.stderr).startswith(f"error: {hostile!r}: not a host or user name")
     # the same through fleet.run, whose --args is split like a shell line and quoted again per word
     done = cli("inv", lab_yaml, "fleet.run", "remote.sync", "--args", shlex.quote(hostile), "--hosts", "a")
     assert done.returncode == 1
-    assert f"a | error: {hostile}: unknown host name" in done.stdout + done.stderr
+    assert f"a | error: {hostile!r}: not a host or user name" in done.stdout + done.stderr
     assert not pwned.exists()
 
 

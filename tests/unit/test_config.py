@@ -118,3 +118,19 @@ def test_bad_env_override_gives_one_line_and_nonzero_exit(program: str, variable
     assert result.stderr.strip().splitlines() == [
         f"error: {variable}='eighty': 'server.port' must be a whole number — fix or unset {variable}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("host", "-oProxyCommand=touch /tmp/X"), ("host", "box -p 2"), ("host", "box\n"), ("user", "-lroot")],
+)
+def test_inventory_host_or_user_that_ssh_would_read_as_an_option_is_refused(
+    project_config: dict, key: str, value: str
+) -> None:
+    project_config["hosts"] = {"evil": {"host": "box.lan", key: value}}
+    with pytest.raises(ConfigError) as refused:
+        config.validate(project_config)
+    assert str(refused.value) == (
+        f"invoke.yaml: 'hosts.evil.{key}' = {value!r}: must not start with '-' or hold spaces or control"
+        " characters — fix the value in invoke.yaml"
+    )

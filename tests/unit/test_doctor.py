@@ -278,3 +278,23 @@ def test_missing_requirement_is_named_and_dry_run_shows_the_pip_install(
     assert result.status == "fail"
     assert result.detail == "missing or wrong version: no-such-package-xyz>=1"
     assert result.actions == ["would run: pip install no-such-package-xyz>=1"]
+
+
+def test_option_shaped_inventory_host_runs_nothing_even_past_validation(
+    project_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """doctor --hosts used to run OpenSSH with the inventory's host as an argument: a ProxyCommand."""
+    from invoke import Config
+
+    pwned = tmp_path / "pwned"
+    hostile = f"-oProxyCommand=touch {pwned}"
+    ssh_config = tmp_path / "ssh_config"  # keeps ~/.ssh/config out, and any lookup off the network
+    ssh_config.write_text(f"Host -oProxyCommand=*\n  HostName 127.0.0.1\n  Port {free_port()}\n")
+    settings = _settings(project_config, tmp_path)
+    unchecked = {"host": hostile, "user": "", "port": 0, "checkout": "", "python": "", "tags": []}
+    settings.hosts["evil"] = config.HostSettings.model_construct(**unchecked)  # as if validation missed it
+    merged = Config(overrides={**project_config, "ssh_config_path": str(ssh_config)})
+    (check,) = [c for c in doctor.host_checks(ROOT, settings, merged, hosts=True) if c.name == "ssh evil"]
+    (result,) = _run([check], ROOT, tmp_path / "state", fast=False).results
+    assert not pwned.exists()
+    assert result.status == "fail" and "cannot connect over SSH" in result.detail
