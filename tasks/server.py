@@ -6,7 +6,7 @@ from typing import Any
 
 from invoke import Context
 
-from tasks._task import task
+from tasks._task import JSON_HELP, task
 
 _SERVE_HELP = {
     "model": "catalog name to serve (default: server.model)",
@@ -104,8 +104,8 @@ def restart(
     start(c, model, host, port, engine, api_key, context_size, slots, queue_size, alias)
 
 
-@task(aliases=["ps"])
-def status(c: Context) -> None:
+@task(aliases=["ps"], help={"json": JSON_HELP})
+def status(c: Context, json: bool = False) -> None:
     """Show the running server: pid, uptime, model, engine, URL, health."""
     import time
 

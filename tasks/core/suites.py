@@ -48,9 +48,11 @@ class StepResult:
 
 
 def _run(name: str, argv: list[str], root: Path) -> StepResult:
-    print(f"==> {name}: {shlex.join(['python', '-m', *argv])}", flush=True)
+    from tasks.core.console import child_stdout, say
+
+    say(f"==> {name}: {shlex.join(['python', '-m', *argv])}", markup=False)
     started = time.perf_counter()
-    code = subprocess.run([sys.executable, "-m", *argv], cwd=root).returncode
+    code = subprocess.run([sys.executable, "-m", *argv], cwd=root, stdout=child_stdout()).returncode
     return StepResult(name, code, time.perf_counter() - started)
 
 
@@ -104,22 +106,26 @@ def benchmarks(only: str = "", folder: Path = BENCH_DIR) -> list[Path]:
 
 def bench(script: Path, root: Path = PROJECT_ROOT) -> StepResult:
     """Run one benchmark script's `main()` in its own interpreter (it prints its table, writes JSON)."""
+    from tasks.core.console import child_stdout, say
+
     name = script.stem.removeprefix("bench_")
     code = f"import runpy; runpy.run_path({str(script)!r})['main']()"
-    print(f"==> bench {name}", flush=True)
+    say(f"==> bench {name}", markup=False)
     started = time.perf_counter()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
-    exit_code = subprocess.run([sys.executable, "-c", code], cwd=root, env=env).returncode
+    exit_code = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, stdout=child_stdout()
+    ).returncode
     output = root / ".bench" / f"{name}.json"
     return StepResult(name, exit_code, time.perf_counter() - started, note=str(output.relative_to(root)))
 
 
 def report(title: str, results: list[StepResult]) -> None:
     """One table of every gate's outcome; any failure is an error naming the failed gates."""
-    from tasks.core.console import print_table
+    from tasks.core.console import print_table, say
     from tasks.core.errors import HomelabError
 
     rows = [
@@ -138,7 +144,7 @@ def report(title: str, results: list[StepResult]) -> None:
     counted = [r for r in results if r.passed is not None]
     if len(counted) > 1:
         totals = (sum(getattr(r, k) or 0 for r in counted) for k in ("passed", "failed", "skipped"))
-        print("tests: {} passed, {} failed, {} skipped".format(*totals))
+        say("tests: {} passed, {} failed, {} skipped".format(*totals))
     failed = [r for r in results if not r.ok]
     if failed:
         names = ", ".join(r.name for r in failed)
