@@ -62,10 +62,10 @@ def check_env_overrides() -> None:
     prefix = "FABRIC_" if "fabric.main" in sys.modules else "INVOKE_"
     if not any(name.startswith(prefix) for name in os.environ):
         return
-    from tasks.core import config
+    from tasks.core import config_file
 
     with one_line_errors():
-        config.check_env_overrides(prefix, os.environ)
+        config_file.check_env_overrides(prefix, os.environ)
 
 
 def task(*args: Any, **kwargs: Any) -> Any:
