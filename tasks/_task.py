@@ -1,5 +1,6 @@
-"""The `task` decorator every namespace uses: invoke's, plus one-line errors instead of tracebacks, and
-delegation to the host's own checkout when run by `fab -H host` (see tasks/_remote.py)."""
+"""The `task` decorator every namespace uses: invoke's, plus one-line errors instead of tracebacks,
+delegation to the host's own checkout when run by `fab -H host` (see tasks/_remote.py), and a task's
+`json` argument switching the tables it prints to JSON (tasks/core/console.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from invoke import task as invoke_task
 from invoke.exceptions import Exit
 
 from tasks import _remote
+from tasks.core.console import tables_as_json
 from tasks.core.errors import HomelabError
 
 
@@ -35,13 +37,17 @@ def one_line_errors() -> Iterator[None]:
         raise Exit("interrupted", code=130) from None
 
 
+JSON_HELP = "print each table as one line of JSON (messages go to stderr)"
+
+
 def _guarded(body: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(body)
     def run(c: Any, *args: Any, **kwargs: Any) -> Any:
         with one_line_errors():
             if _remote.is_connection(c):
                 return _remote.delegate(c, run, body, args, kwargs)
-            return body(c, *args, **kwargs)
+            with tables_as_json(kwargs.get("json") is True):  # every table-printing task has --json
+                return body(c, *args, **kwargs)
 
     return run
 
@@ -56,10 +62,10 @@ def check_env_overrides() -> None:
     prefix = "FABRIC_" if "fabric.main" in sys.modules else "INVOKE_"
     if not any(name.startswith(prefix) for name in os.environ):
         return
-    from tasks.core import config
+    from tasks.core import config_file
 
     with one_line_errors():
-        config.check_env_overrides(prefix, os.environ)
+        config_file.check_env_overrides(prefix, os.environ)
 
 
 def task(*args: Any, **kwargs: Any) -> Any:

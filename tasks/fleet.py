@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Context
 
-from tasks._task import task
+from tasks._task import JSON_HELP, task
 from tasks.core.errors import HomelabError
 
 _WHICH = {
@@ -28,7 +28,10 @@ _WHICH = {
 def run(
     c: Context, task_name: str, args: str = "", hosts: str = "", tag: str = "", all_: bool = False
 ) -> None:
-    """Run a task on many hosts at once: output prefixed by host, then one result row per host."""
+    """Run a task on many hosts at once: output prefixed by host, then one result row per host.
+
+    No --json here: invoke would take the `--json` of `--args=--json` for fleet.run's own flag.
+    """
     from tasks.core import config, fleet, remote
     from tasks.core.console import print_table
 
@@ -44,8 +47,8 @@ def run(
         raise HomelabError(f"{task_name} failed on {failed} of {len(results)} hosts", "see the table above")
 
 
-@task(help={"hosts": _WHICH["hosts"], "tag": _WHICH["tag"]}, auto_shortflags=False)
-def status(c: Context, hosts: str = "", tag: str = "") -> None:
+@task(help={"hosts": _WHICH["hosts"], "tag": _WHICH["tag"], "json": JSON_HELP}, auto_shortflags=False)
+def status(c: Context, hosts: str = "", tag: str = "", json: bool = False) -> None:
     """Show every inventory host: reachable?, checkout revision, server, model, health, free disk."""
     from tasks.core import config, fleet, remote
     from tasks.core.console import print_table

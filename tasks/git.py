@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
-from tasks._task import task
+from tasks._task import JSON_HELP, task
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -115,8 +115,8 @@ def pull(c: Context, repo: str = "") -> None:
     _say("submodules: updated to the commits it records")
 
 
-@task(help={"repo": REPO_HELP, "yes": YES_HELP})
-def sync(c: Context, repo: str = "", yes: bool = False) -> None:
+@task(help={"repo": REPO_HELP, "yes": YES_HELP, "json": JSON_HELP})
+def sync(c: Context, repo: str = "", yes: bool = False, json: bool = False) -> None:
     """Hard-reset the branch and submodules to origin's: discards local work after showing it."""
     from tasks.core import git as core
 
@@ -130,8 +130,8 @@ def sync(c: Context, repo: str = "", yes: bool = False) -> None:
     _say(f"{path}: reset to {plan.upstream} ({_short(plan.target)}); submodules at the commits it records")
 
 
-@task(help={"repo": REPO_HELP})
-def submodules(c: Context, repo: str = "") -> None:
+@task(help={"repo": REPO_HELP, "json": JSON_HELP})
+def submodules(c: Context, repo: str = "", json: bool = False) -> None:
     """Table of submodules: path, commit, branch, what it tracks, ahead/behind, dirty."""
     from tasks.core import git as core
     from tasks.core.console import print_table
@@ -176,9 +176,12 @@ def submodule_branch(c: Context, submodule: str, branch: str, repo: str = "") ->
         "remote": "move to the tip of each submodule's tracked branch (fast-forward only), "
         "not to the commit this checkout records",
         "repo": REPO_HELP,
+        "json": JSON_HELP,
     }
 )
-def submodule_update(c: Context, submodule: str = "", remote: bool = False, repo: str = "") -> None:
+def submodule_update(
+    c: Context, submodule: str = "", remote: bool = False, repo: str = "", json: bool = False
+) -> None:
     """Initialize and update submodules to their recorded commits (or, with --remote, their branch tips)."""
     from tasks.core import git as core
     from tasks.core.console import print_table
@@ -189,11 +192,13 @@ def submodule_update(c: Context, submodule: str = "", remote: bool = False, repo
     rows = [
         (m.path, _short(m.before), _short(m.after), "moved" if m.before != m.after else "") for m in moves
     ]
-    print_table("Submodules updated", ["path", "before", "after", ""], rows)
+    print_table("Submodules updated", ["path", "before", "after", "change"], rows)
 
 
-@task(help={"submodule": SUBMODULE_HELP, "yes": YES_HELP, "repo": REPO_HELP})
-def submodule_reset(c: Context, submodule: str = "", yes: bool = False, repo: str = "") -> None:
+@task(help={"submodule": SUBMODULE_HELP, "yes": YES_HELP, "repo": REPO_HELP, "json": JSON_HELP})
+def submodule_reset(
+    c: Context, submodule: str = "", yes: bool = False, repo: str = "", json: bool = False
+) -> None:
     """Reset submodules to the commits this checkout records, discarding their local changes."""
     from tasks.core import git as core
 
@@ -224,8 +229,8 @@ def clean(c: Context, yes: bool = False, repo: str = "") -> None:
     _say(f"removed {len(removed)} untracked paths")
 
 
-@task(help={"repo": REPO_HELP})
-def branches(c: Context, repo: str = "") -> None:
+@task(help={"repo": REPO_HELP, "json": JSON_HELP})
+def branches(c: Context, repo: str = "", json: bool = False) -> None:
     """Local and remote branches, each with its last commit and how it compares with its upstream."""
     from tasks.core import git as core
     from tasks.core.console import print_table
@@ -244,8 +249,14 @@ def branches(c: Context, repo: str = "") -> None:
     print_table("Branches", ["branch", "kind", "commit", "date", "subject", "upstream"], rows)
 
 
-@task(help={"n": "how many commits (default: git.log_count in invoke.yaml)", "repo": REPO_HELP})
-def log(c: Context, n: int = 0, repo: str = "") -> None:
+@task(
+    help={
+        "n": "how many commits (default: git.log_count in invoke.yaml)",
+        "repo": REPO_HELP,
+        "json": JSON_HELP,
+    }
+)
+def log(c: Context, n: int = 0, repo: str = "", json: bool = False) -> None:
     """The latest commits: hash, date, author, refs, subject."""
     from tasks.core import config
     from tasks.core import git as core

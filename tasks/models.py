@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
-from tasks._task import task
+from tasks._task import JSON_HELP, task
 
 if TYPE_CHECKING:
     from tasks.core.catalog import CatalogEntry
@@ -33,8 +33,8 @@ def _say(text: str) -> None:
     say(text)
 
 
-@task
-def catalog(c: Context) -> None:
+@task(help={"json": JSON_HELP})
+def catalog(c: Context, json: bool = False) -> None:
     """Show every catalog entry: name, format, size, installed?"""
     from tasks.core.catalog import describe_size
     from tasks.core.console import print_table
@@ -54,8 +54,8 @@ def _headline(description: str) -> str:
     return description.split(" — ")[0].split(" (")[0]
 
 
-@task(name="list", aliases=["ls"])
-def list_(c: Context) -> None:
+@task(name="list", aliases=["ls"], help={"json": JSON_HELP})
+def list_(c: Context, json: bool = False) -> None:
     """List what is installed: bundled files, downloads, and interrupted downloads."""
     from tasks.core.catalog import describe_size
     from tasks.core.console import print_table
@@ -86,10 +86,17 @@ def list_(c: Context) -> None:
         "quant": "quant tag that picks one of the entry's files, e.g. q8_0",
         "revision": "branch, tag or commit (default: the catalog's pin, else main)",
         "dry_run": "only say what would be fetched and how big",
+        "json": JSON_HELP,
     }
 )
 def download(
-    c: Context, name: str, file: str = "", quant: str = "", revision: str = "", dry_run: bool = False
+    c: Context,
+    name: str,
+    file: str = "",
+    quant: str = "",
+    revision: str = "",
+    dry_run: bool = False,
+    json: bool = False,
 ) -> None:
     """Download a model into the HF cache; resumes an interrupted download."""
     from tasks.core import hub
@@ -184,8 +191,8 @@ def _show_remote(entry: CatalogEntry, found: Any, endpoint: str) -> None:
         _say("    sha256:\n" + "\n".join(f"      {n}: {digest}" for n, digest in pins.items()))
 
 
-@task
-def check(c: Context) -> None:
+@task(help={"json": JSON_HELP})
+def check(c: Context, json: bool = False) -> None:
     """Confirm every catalog entry against the hub: repo, files, sizes, pinned sha256."""
     from tasks.core import hub
     from tasks.core.catalog import describe_size
@@ -208,8 +215,8 @@ def check(c: Context) -> None:
         )
 
 
-@task(help={"name": "catalog name"})
-def verify(c: Context, name: str) -> None:
+@task(help={"name": "catalog name", "json": JSON_HELP})
+def verify(c: Context, name: str, json: bool = False) -> None:
     """Check installed files' sha256 against the hub (online) or the catalog's pins (offline)."""
     from tasks.core import hub
     from tasks.core.console import print_table
@@ -258,8 +265,8 @@ def delete(c: Context, name: str, yes: bool = False) -> None:
     _say(f"Deleted {name}: freed {describe_size(deletion.freed_bytes)}.")
 
 
-@task(name="disk-usage")
-def disk_usage(c: Context) -> None:
+@task(name="disk-usage", help={"json": JSON_HELP})
+def disk_usage(c: Context, json: bool = False) -> None:
     """Show disk used per model and in total, and the free space where models live."""
     from tasks.core.catalog import describe_size
     from tasks.core.console import print_table

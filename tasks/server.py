@@ -8,7 +8,7 @@ from typing import Any
 
 from invoke import Context
 
-from tasks._task import task
+from tasks._task import JSON_HELP, task
 
 _SERVE_HELP = {
     "model": "catalog name to serve (default: server.model)",
@@ -114,8 +114,8 @@ def _stale(found: Any) -> str:
     return f"not running (stale pidfile removed: pid {found.pid} is not the server it recorded)"
 
 
-@task(aliases=["ps"])
-def status(c: Context) -> None:
+@task(aliases=["ps"], help={"json": JSON_HELP})
+def status(c: Context, json: bool = False) -> None:
     """Show the running server: pid, uptime, model, engine, URL, health."""
     import time
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Context
 
-from tasks._task import task
+from tasks._task import JSON_HELP, task
 
 EXTRA_HELP = "extra arguments passed to pytest, e.g. '-x -k models'"
 URL_HELP = "server base URL (default: invoke.yaml's server.host and server.port on this machine)"
@@ -16,26 +16,32 @@ def _suite(name: str, extra: str) -> None:
     suites.report(f"test.{name}", [suites.pytest_suite(name, name, extra)])
 
 
-@task(help={"extra": EXTRA_HELP})
-def unit(c: Context, extra: str = "") -> None:
+@task(help={"extra": EXTRA_HELP, "json": JSON_HELP})
+def unit(c: Context, extra: str = "", json: bool = False) -> None:
     """Run the unit tests (seconds, no servers)."""
     _suite("unit", extra)
 
 
-@task(help={"extra": EXTRA_HELP})
-def integration(c: Context, extra: str = "") -> None:
+@task(help={"extra": EXTRA_HELP, "json": JSON_HELP})
+def integration(c: Context, extra: str = "", json: bool = False) -> None:
     """Run the integration tests (real hub mirror, sshd, git, peer server)."""
     _suite("integration", extra)
 
 
-@task(help={"extra": EXTRA_HELP})
-def e2e(c: Context, extra: str = "") -> None:
+@task(help={"extra": EXTRA_HELP, "json": JSON_HELP})
+def e2e(c: Context, extra: str = "", json: bool = False) -> None:
     """Run the end-to-end tests (the server on the bundled model, real SDK clients)."""
     _suite("e2e", extra)
 
 
-@task(help={"url": URL_HELP, "model": "model name to ask for (default: the first the server lists)"})
-def smoke(c: Context, url: str = "", model: str = "") -> None:
+@task(
+    help={
+        "url": URL_HELP,
+        "model": "model name to ask for (default: the first the server lists)",
+        "json": JSON_HELP,
+    }
+)
+def smoke(c: Context, url: str = "", model: str = "", json: bool = False) -> None:
     """Send a few real requests to a running server: health, models, chat, stream, messages."""
     from tasks.core import config, loadtest
     from tasks.core.console import print_table
@@ -54,8 +60,8 @@ def smoke(c: Context, url: str = "", model: str = "") -> None:
         )
 
 
-@task(help={"only": "run just this benchmark (NAME from tests/bench/bench_NAME.py)"})
-def bench(c: Context, only: str = "") -> None:
+@task(help={"only": "run just this benchmark (NAME from tests/bench/bench_NAME.py)", "json": JSON_HELP})
+def bench(c: Context, only: str = "", json: bool = False) -> None:
     """Run the benchmarks: each prints its table and writes .bench/NAME.json."""
     from tasks.core import suites
     from tasks.core.errors import HomelabError
@@ -73,10 +79,16 @@ def bench(c: Context, only: str = "") -> None:
         "requests": "requests to send (default: test.stress_requests)",
         "concurrency": "requests in flight at once (default: test.stress_concurrency)",
         "allow_remote": "allow a URL that is not this machine's loopback",
+        "json": JSON_HELP,
     }
 )
 def stress(
-    c: Context, url: str = "", requests: int = 0, concurrency: int = 0, allow_remote: bool = False
+    c: Context,
+    url: str = "",
+    requests: int = 0,
+    concurrency: int = 0,
+    allow_remote: bool = False,
+    json: bool = False,
 ) -> None:
     """Send N chat requests at concurrency C; report lost, failed and latency percentiles."""
     from tasks.core import config, loadtest
@@ -98,9 +110,12 @@ def stress(
         "pid": "server process id (default: the process listening on the URL's port)",
         "budget_mb": "fail above this peak RSS in MB (default: test.memory_budget_mb)",
         "requests": "requests sent while measuring (default: test.memory_requests)",
+        "json": JSON_HELP,
     }
 )
-def memory(c: Context, url: str = "", pid: int = 0, budget_mb: int = 0, requests: int = 0) -> None:
+def memory(
+    c: Context, url: str = "", pid: int = 0, budget_mb: int = 0, requests: int = 0, json: bool = False
+) -> None:
     """Measure the server's peak RSS while it serves a bounded load, against a budget."""
     from tasks.core import config, loadtest
     from tasks.core.console import print_table
@@ -135,8 +150,8 @@ def memory(c: Context, url: str = "", pid: int = 0, budget_mb: int = 0, requests
     result.load.raise_on_losses()
 
 
-@task(name="all", help={"extra": EXTRA_HELP})
-def all_(c: Context, extra: str = "") -> None:
+@task(name="all", help={"extra": EXTRA_HELP, "json": JSON_HELP})
+def all_(c: Context, extra: str = "", json: bool = False) -> None:
     """Run what CI runs: lint.all, then every suite that needs no GPU; one table of counts."""
     from tasks.core import suites
 

@@ -7,16 +7,15 @@ the merged configuration is an error that names it rather than a silent second d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from tasks.core.config_file import CONFIG_FILE, PROJECT_ROOT, read_yaml
 from tasks.core.errors import ConfigError
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_FILE = PROJECT_ROOT / "invoke.yaml"
 
 
 class Section(BaseModel):
@@ -71,6 +70,20 @@ class ServerConfig(Section):
     _key_file = field_validator("api_key_file", mode="before")(lambda v: str(_expand(str(v))) if v else "")
 
 
+SSH_NAME_RULE = "must not start with '-' or hold spaces or control characters"
+
+
+def unsafe_ssh_name(value: str) -> bool:
+    """A host or user name that an ssh command line would read as an option, or split in two."""
+    return value.startswith("-") or any(ch.isspace() or not ch.isprintable() for ch in value)
+
+
+def _ssh_name(value: str) -> str:
+    if unsafe_ssh_name(value):
+        raise PydanticCustomError("ssh_name", SSH_NAME_RULE)
+    return value
+
+
 class HostSettings(Section):
     """One inventory entry; empty fields fall back to ~/.ssh/config and the remote section."""
 
@@ -80,6 +93,8 @@ class HostSettings(Section):
     checkout: str = ""
     python: str = ""
     tags: list[str] = []
+
+    _names = field_validator("host", "user")(_ssh_name)
 
 
 class RemoteSettings(Section):
@@ -167,62 +182,3 @@ def load(config: Any = None) -> Settings:
     if config is None:
         config = read_yaml(CONFIG_FILE)
     return validate(config)
-
-
-_KINDS = {int: "a whole number", float: "a number"}
-
-
-def check_env_overrides(prefix: str, environ: Mapping[str, str]) -> None:
-    """Refuse an override that invoke cannot cast, by the variable's name.
-
-    invoke casts each PREFIX_SECTION_KEY variable to the type of the setting it overrides before any
-    task runs (invoke.env.Environment._cast: lists refused, other non-strings via their type), and a
-    value it cannot cast ends in a traceback inside invoke.
-    """
-    for path, default in _leaves(read_yaml(CONFIG_FILE), ()):
-        name = prefix + "_".join(path).upper()
-        if name not in environ or default is None or isinstance(default, bool | str):
-            continue
-        key = ".".join(path)
-        if isinstance(default, list):
-            raise ConfigError(
-                f"{name}: '{key}' is a list, which invoke cannot read from the environment",
-                f"unset {name} and set {key} in ~/.invoke.yaml",
-            )
-        kind = type(default)
-        try:
-            kind(environ[name])
-        except ValueError:
-            raise ConfigError(
-                f"{name}={environ[name]!r}: '{key}' must be {_KINDS.get(kind, kind.__name__)}",
-                f"fix or unset {name}",
-            ) from None
-
-
-def _leaves(data: Mapping[str, Any], path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            yield from _leaves(value, (*path, str(key)))
-        else:
-            yield (*path, str(key)), value
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from a file, with a one-line error for a missing or malformed file."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found", "restore it from git (git checkout -- FILE)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"{path.name}{where}: not valid YAML ({getattr(exc, 'problem', exc)})", "fix the syntax"
-        ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path.name}: top level must be a mapping of settings", "fix the file")
-    return data

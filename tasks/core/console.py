@@ -1,15 +1,49 @@
-"""Tables and messages on the terminal, through rich (imported when first used)."""
+"""Tables and messages on the terminal, through rich (imported when first used).
+
+While a task runs with `--json` (see `tables_as_json`), each table is one line of JSON on stdout and
+every message goes to stderr, so stdout holds nothing a script would have to skip.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import contextlib
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TextIO
+
+# columns that tell one row from another: never cut short, whatever the width
+IDENTIFYING = frozenset({"path", "name", "host", "model", "file", "checkout", "branch", "commit", "item"})
+_UNBOUNDED = 100_000  # the console width through a pipe: a table is drawn at its natural width
+
+_tables_as_json = False
+
+
+@contextlib.contextmanager
+def tables_as_json(enabled: bool) -> Iterator[None]:
+    """Print tables as JSON lines and messages on stderr inside this block (when `enabled`)."""
+    global _tables_as_json
+    previous, _tables_as_json = _tables_as_json, enabled
+    try:
+        yield
+    finally:
+        _tables_as_json = previous
+
+
+def messages() -> TextIO:
+    """Where text for people goes: stdout, or stderr while tables are printed as JSON."""
+    return sys.stderr if _tables_as_json else sys.stdout
+
+
+def child_stdout() -> int | None:
+    """A child process's stdout: ours, or our stderr while tables are printed as JSON."""
+    return 2 if _tables_as_json else None
 
 
 def console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, stderr=_tables_as_json)
 
 
 def say(text: str, markup: bool = True, end: str = "\n") -> None:
@@ -39,11 +73,23 @@ def confirm(question: str, assume_yes: bool = False) -> bool:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A table on stdout (or one JSON object, `{"table": title, "rows": [{column: cell}]}`).
+
+    At a terminal, identifying columns fold instead of ending in "…"; through a pipe nothing wraps,
+    so each row is one line that grep and cut can read.
+    """
+    rows = [list(row) for row in rows]
+    if _tables_as_json:
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        print(json.dumps({"table": title, "rows": records}, default=str), flush=True)
+        return
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold" if column in IDENTIFYING else "ellipsis")
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
-    console().print(table)
+    width = None if sys.stdout.isatty() else _UNBOUNDED
+    Console(highlight=False, width=width).print(table)

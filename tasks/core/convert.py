@@ -58,6 +58,9 @@ _LAYER_TENSOR_NAMES = {
 }
 _CONTROL_TOKEN, _USER_DEFINED_TOKEN = 3, 4  # llama.cpp's token types
 
+MARKER = "homelab-conversion.json"  # marks a directory --force may replace: one this module wrote
+OUTPUT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", MARKER}
+
 
 @dataclass(frozen=True)
 class ConvertResult:
@@ -94,8 +97,7 @@ def find_source(name: str, settings: ModelsSettings) -> Path:
 
 def convert_gguf(gguf: Path, output: Path, *, force: bool = False) -> ConvertResult:
     """Write the MLX directory for `gguf` at `output`, whole or not at all."""
-    if output.exists() and not force:
-        raise HomelabError(f"{output} already exists", "pass --force to replace it")
+    _check_replaceable(output, force)
     import mlx.core as mx
 
     from tasks.core.console import console
@@ -123,6 +125,7 @@ def convert_gguf(gguf: Path, output: Path, *, force: bool = False) -> ConvertRes
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         tokenizer.save(str(staging / "tokenizer.json"))
         (staging / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(meta), indent=2) + "\n")
+        (staging / MARKER).write_text(json.dumps({"converted_from": gguf.name}) + "\n")
         _replace(output, staging)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -321,6 +324,22 @@ def _check_free_space(folder: Path, needed: int) -> None:
         raise HomelabError(
             f"converting needs {describe_size(needed)} in {folder}, only {describe_size(free)} is free",
             "free some space or pass --output on another disk",
+        )
+
+
+def _check_replaceable(output: Path, force: bool) -> None:
+    """Refuse an existing `output` unless forced, and even then unless it is an earlier conversion
+    (our marker and only our files), so a mistyped --output never deletes someone's directory."""
+    if not (output.exists() or output.is_symlink()):
+        return
+    if not force:
+        raise HomelabError(f"{output} already exists", "pass --force to replace it")
+    ours = output.is_dir() and not output.is_symlink() and (output / MARKER).is_file()
+    if not ours or not {p.name for p in output.iterdir()} <= OUTPUT_FILES:
+        raise HomelabError(
+            f"{output} is not an earlier models.convert output (no {MARKER}, or files of its own);"
+            " --force replaces only those",
+            "remove it yourself or give another --output",
         )
 
 

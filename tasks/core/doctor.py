@@ -29,7 +29,6 @@ from typing import Any, Literal
 from tasks.core import config
 from tasks.core.errors import ConfigError, HomelabError
 from tasks.core.files import write_atomically
-from tasks.core.processes import alive
 
 PHASES = ("environment", "configuration", "models", "server", "hosts", "disk")
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -151,38 +150,49 @@ def _holder(lock: Path) -> int | None:
 def run_lock(lock: Path, timeout_s: float, poll_s: float = 0.1) -> Iterator[list[str]]:
     """Hold `lock` for this process; wait for a live holder, take over from a dead one.
 
-    The lock file is created complete (pid written to a private file, then hard-linked into
-    place), so a reader never sees an empty lock and mistakes it for a stale one.
+    The lock is an flock on the file, which the kernel drops when its holder dies, so a stale lock
+    is one nobody holds and exactly one waiter gets it; the file only names the holder's pid for the
+    messages. The holder removes the file before letting go, so a waiter that locked the removed
+    file opens the path again.
     """
+    import fcntl
+
     lock.parent.mkdir(parents=True, exist_ok=True)
-    mine = lock.with_name(f".{lock.name}.{os.getpid()}")
-    mine.write_text(f"{os.getpid()}\n")
     notes: list[str] = []
     deadline = time.monotonic() + timeout_s
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise HomelabError(
+                    f"another doctor run (pid {_holder(lock)}) holds {lock}; gave up after {timeout_s:g}s",
+                    "wait for it to finish, then run again",
+                ) from None
+            time.sleep(poll_s)
+            continue
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # locked a file its holder had just removed: try the path again
     try:
-        while True:
-            try:
-                os.link(mine, lock)
-                break
-            except FileExistsError:
-                holder = _holder(lock)
-                if holder is not None and not alive(holder):
-                    lock.unlink(missing_ok=True)
-                    notes.append(f"removed a stale lock left by pid {holder}, which is no longer running")
-                    continue
-                if time.monotonic() >= deadline:
-                    raise HomelabError(
-                        f"another doctor run (pid {holder}) holds {lock}; gave up after {timeout_s:g}s",
-                        "wait for it to finish, then run again",
-                    ) from None
-                time.sleep(poll_s)
-    finally:
-        mine.unlink(missing_ok=True)
-    try:
+        left = os.read(fd, 64).decode(errors="replace").strip()
+        if left:
+            notes.append(f"took over the lock left by pid {left}, which is no longer running")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield notes
     finally:
-        if _holder(lock) == os.getpid():
-            lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), path.stat())
+    except FileNotFoundError:
+        return False
 
 
 def load_state(path: Path) -> dict[str, dict[str, Any]]:
@@ -492,29 +502,28 @@ def _server(settings: config.Settings) -> Outcome:
     return Outcome("skip", f"not running at {url} — `inv server.start`")
 
 
-def _ssh(name: str, host: config.HostSettings, settings: config.Settings) -> Callable[[], Outcome]:
+def _ssh(name: str, settings: config.Settings, merged: Any) -> Callable[[], Outcome]:
+    """`true` on the host over the connection code every fab and fleet task uses: a host that passes
+    here reaches them too (doctor.ssh_timeout_s only makes doctor give up sooner)."""
+
     def check() -> Outcome:
-        policy = {"strict": "yes", "accept-new": "accept-new"}[settings.remote.host_key_policy]
-        timeout = settings.doctor.ssh_timeout_s
-        target = f"{host.user}@{host.host}" if host.user else host.host
-        command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(timeout))}"]
-        command += [
-            "-o",
-            f"StrictHostKeyChecking={policy}",
-            "-o",
-            f"UserKnownHostsFile={settings.remote.known_hosts}",
-        ]
-        command += [*(["-p", str(host.port)] if host.port else []), target, "true"]
+        import dataclasses
+
+        from tasks.core import remote
+
+        target = remote.resolve(name, settings)
+        endpoint = target.endpoint
+        address = f"{endpoint.user}@{endpoint.host}" if endpoint.user else endpoint.host
+        address += f":{endpoint.port}" if endpoint.port else ""
+        target = dataclasses.replace(target, name=f"{name} ({address})")
+        connection = remote.open_connection(target, merged, settings, settings.doctor.ssh_timeout_s)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 5)
-        except subprocess.TimeoutExpired:
-            return Outcome("fail", f"{target}: no answer within {timeout:g}s")
-        except FileNotFoundError:
-            return Outcome("fail", "no ssh client — install openssh-client")
-        if done.returncode == 0:
-            return Outcome("ok", f"{target} reachable over SSH")
-        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        return Outcome("fail", f"{target}: {last}")
+            done = remote.run_on(connection, target, "true", hide=True, in_stream=False)
+        finally:
+            connection.close()
+        if done.exited:
+            return Outcome("fail", f"{target.name}: `true` exited {done.exited} — check the host's shell")
+        return Outcome("ok", f"{target.name} reachable over SSH")
 
     return check
 
@@ -566,8 +575,8 @@ def host_checks(root: Path, settings: config.Settings, merged: Any, hosts: bool)
     ]
     if hosts:
         checks += [
-            Check(f"ssh {name}", "hosts", ("config",), _ssh(name, host, settings))
-            for name, host in settings.hosts.items()
+            Check(f"ssh {name}", "hosts", ("config",), _ssh(name, settings, merged))
+            for name in settings.hosts
         ]
         if not settings.hosts:
             checks.append(

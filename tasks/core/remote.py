@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.core.config import PROJECT_ROOT, Settings
+from tasks.core.config import PROJECT_ROOT, SSH_NAME_RULE, Settings, unsafe_ssh_name
 from tasks.core.errors import HomelabError
 from tasks.core.ssh import Endpoint
 
@@ -36,6 +36,13 @@ def resolve(name: str, settings: Settings, user: str = "", port: int = 0) -> Tar
     with `user` and `port` if the caller already parsed them out of it."""
     entry = settings.hosts.get(name)
     if entry is None:
+        for word in (name, user):
+            if unsafe_ssh_name(word):
+                raise HomelabError(
+                    f"{word!r}: not a host or user name (it {SSH_NAME_RULE})",
+                    "give an inventory name, ssh_config alias or user@host:port",
+                    exit_code=CONNECTION_FAILED,
+                )
         endpoint = Endpoint(name, user, port)
         return Target(name, endpoint, settings.remote.checkout, settings.remote.python)
     return Target(
@@ -59,13 +66,18 @@ def select(settings: Settings, hosts: str = "", tag: str = "", everything: bool 
     return [resolve(name, settings) for name in names]
 
 
-def open_connection(target: Target, config: Any, settings: Settings) -> Any:
-    """A host-key-checked fabric Connection to `target` (nothing is sent until the first command)."""
+def open_connection(target: Target, config: Any, settings: Settings, timeout_s: float = 0) -> Any:
+    """A host-key-checked fabric Connection to `target` (nothing is sent until the first command);
+    `timeout_s` instead of remote.connect_timeout_s where a caller wants a quicker answer."""
     from tasks.core import ssh
 
     remote = settings.remote
     return ssh.connect(
-        target.endpoint, config, remote.host_key_policy, remote.known_hosts, remote.connect_timeout_s
+        target.endpoint,
+        config,
+        remote.host_key_policy,
+        remote.known_hosts,
+        timeout_s or remote.connect_timeout_s,
     )
 
 
@@ -166,7 +178,7 @@ def bootstrap_command(target: Target, url: str, install: bool) -> str:
     checkout = shell_path(target.checkout)
     fetch = (
         f"if [ -d {checkout}/.git ]; then git -C {checkout} pull --ff-only; "
-        f"else git clone {shlex.quote(url)} {checkout}; fi"
+        f"else git clone -- {shlex.quote(url)} {checkout}; fi"
     )
     return f"{fetch} && cd {checkout} && bash bootstrap.sh" if install else fetch
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -63,15 +64,20 @@ def connect(endpoint: Endpoint, config: Any, policy: str, known_hosts: Path, tim
 
 
 def check_host_keys(connection: Any, policy: str, known_hosts: Path) -> None:
-    """Make a not yet opened fabric Connection check the host's key against known_hosts (the ssh
-    config's UserKnownHostsFile if it names one) instead of trusting whatever key it is shown."""
-    files = connection.ssh_config.get("userknownhostsfile", str(known_hosts)).split()
-    known = Path(os.path.expanduser(files[0]))
-    if known.exists():
-        connection.client.load_host_keys(str(known))
-    connection.client.set_missing_host_key_policy(
-        _HostKeyPolicy(accept_new=policy == "accept-new", known_hosts=known, port=connection.port)
-    )
+    """Make a not yet opened fabric Connection, and every ProxyJump hop before it, check the host's
+    key against known_hosts (the ssh config's UserKnownHostsFile if it names one) instead of trusting
+    whatever key it is shown: fabric builds each hop as a Connection of its own, with AutoAddPolicy."""
+    hop = connection
+    while hop is not None and not isinstance(hop, str):  # a str gateway is a ProxyCommand: no keys
+        files = hop.ssh_config.get("userknownhostsfile", str(known_hosts)).split()
+        known = Path(os.path.expanduser(files[0]))
+        if known.exists():
+            hop.client.load_host_keys(str(known))
+        hop.client.set_missing_host_key_policy(
+            _HostKeyPolicy(accept_new=policy == "accept-new", known_hosts=known, port=hop.port)
+        )
+        hop.connect_timeout = hop.connect_timeout or connection.connect_timeout
+        hop = hop.gateway or None
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -97,15 +103,20 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
 
 
 def _append_line(path: Path, line: str) -> None:
-    """Add a line to a file by writing a full new copy and renaming it over the old one."""
+    """Add a line to a file by writing a full new copy and renaming it over the old one; a symlinked
+    file is rewritten where it points (the link stays a link) and keeps its mode."""
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.exists() else ""
+    try:
+        old, mode = path.read_text(), stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        old, mode = "", 0o600
     if old and not old.endswith("\n"):
         old += "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as handle:
         handle.write(f"{old}{line}\n")
-    os.chmod(tmp, 0o600)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.config import PROJECT_ROOT
-from tasks.core.console import say
+from tasks.core.console import child_stdout, say
 
 PYTEST_NO_TESTS = 5
 BENCH_DIR = PROJECT_ROOT / "tests" / "bench"
@@ -51,7 +51,7 @@ class StepResult:
 def _run(name: str, argv: list[str], root: Path) -> StepResult:
     say(f"==> {name}: {shlex.join(['python', '-m', *argv])}", markup=False)
     started = time.perf_counter()
-    code = subprocess.run([sys.executable, "-m", *argv], cwd=root).returncode
+    code = subprocess.run([sys.executable, "-m", *argv], cwd=root, stdout=child_stdout()).returncode
     return StepResult(name, code, time.perf_counter() - started)
 
 
@@ -105,6 +105,8 @@ def benchmarks(only: str = "", folder: Path = BENCH_DIR) -> list[Path]:
 
 def bench(script: Path, root: Path = PROJECT_ROOT) -> StepResult:
     """Run one benchmark script's `main()` in its own interpreter (it prints its table, writes JSON)."""
+    from tasks.core.console import child_stdout, say
+
     name = script.stem.removeprefix("bench_")
     code = f"import runpy; runpy.run_path({str(script)!r})['main']()"
     say(f"==> bench {name}", markup=False)
@@ -113,14 +115,16 @@ def bench(script: Path, root: Path = PROJECT_ROOT) -> StepResult:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
-    exit_code = subprocess.run([sys.executable, "-c", code], cwd=root, env=env).returncode
+    exit_code = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, stdout=child_stdout()
+    ).returncode
     output = root / ".bench" / f"{name}.json"
     return StepResult(name, exit_code, time.perf_counter() - started, note=str(output.relative_to(root)))
 
 
 def report(title: str, results: list[StepResult]) -> None:
     """One table of every gate's outcome; any failure is an error naming the failed gates."""
-    from tasks.core.console import print_table
+    from tasks.core.console import print_table, say
     from tasks.core.errors import HomelabError
 
     rows = [

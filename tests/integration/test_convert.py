@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tasks.core.convert import convert_gguf
+from tasks.core.convert import MARKER, convert_gguf
 from tasks.core.errors import HomelabError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,17 +165,35 @@ def test_qk_rows_left_in_llama_cpp_order_are_detected(mlx_smollm2_dir: Path, lla
 
 
 def test_existing_output_is_kept_unless_forced(tmp_path: Path, mlx_source_gguf: Path) -> None:
-    output = tmp_path / "model"
-    output.mkdir()
-    (output / "mine.txt").write_text("keep")
+    output = convert_gguf(mlx_source_gguf, tmp_path / "model").output
     with pytest.raises(HomelabError, match="already exists — pass --force"):
         convert_gguf(mlx_source_gguf, output)
-    assert (output / "mine.txt").read_text() == "keep"
 
+    (output / "config.json").write_text("{}")
     convert_gguf(mlx_source_gguf, output, force=True)
-    assert not (output / "mine.txt").exists()
-    assert (output / "model.safetensors").is_file()
+    assert json.loads((output / "config.json").read_text())  # the earlier conversion was replaced
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging or old copy left behind
+
+
+@pytest.mark.parametrize("kind", ["no marker", "marker and a file of its own", "symlink to a conversion"])
+def test_force_refuses_to_delete_a_directory_that_is_not_an_earlier_conversion(
+    tmp_path: Path, mlx_source_gguf: Path, kind: str
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")  # e.g. a model someone downloaded
+    if kind != "no marker":
+        (mine / MARKER).write_text("{}")
+    if kind != "symlink to a conversion":
+        (mine / "notes.txt").write_text("keep")
+    output = mine
+    if kind == "symlink to a conversion":
+        output = tmp_path / "link"
+        output.symlink_to(mine)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(HomelabError, match=r"is not an earlier models.convert output .* — remove it"):
+        convert_gguf(mlx_source_gguf, output, force=True)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def write_gguf(path: Path, architecture: str) -> Path:

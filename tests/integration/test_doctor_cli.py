@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures.sshd import Lab, cli
+from tests.imports import loaded_by_inv
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,13 +20,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER_PORT = free_port()  # one port for every run: a changed setting would invalidate the cache
 
 
-def doctor(tmp_path: Path, *flags: str) -> tuple[int, dict[str, Any]]:
-    env = {
-        **os.environ,
+def doctor_env(tmp_path: Path) -> dict[str, str]:
+    """Overrides that keep a run's state in tmp_path and its server probe on a free port."""
+    return {
         "INVOKE_DOCTOR_STATE_DIR": str(tmp_path / "doctor"),
         "INVOKE_SERVER_STATE_DIR": str(tmp_path / "server"),
         "INVOKE_SERVER_PORT": str(SERVER_PORT),
     }
+
+
+def doctor(tmp_path: Path, *flags: str) -> tuple[int, dict[str, Any]]:
+    env = {**os.environ, **doctor_env(tmp_path)}
     command = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *flags]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     return done.returncode, json.loads(done.stdout)
@@ -43,6 +48,15 @@ def test_rerun_with_fast_serves_everything_but_the_server_from_cache(tmp_path: P
     assert reran == ["server"] + [c["name"] for c in full["checks"] if c["status"] == "fail"]
     assert len(list((tmp_path / "doctor" / "logs").glob("doctor-*.log"))) == 2
     assert not (tmp_path / "doctor" / "doctor.lock").exists()
+
+
+def test_fast_rerun_from_cache_imports_no_library_a_check_needs(tmp_path: Path) -> None:
+    """A cache hit costs the CLI's start and little more: nothing a check would need is imported."""
+    doctor(tmp_path, "doctor", "--json")
+    loaded = loaded_by_inv("doctor", "--fast", "--json", env=doctor_env(tmp_path))
+    heavy = {"huggingface_hub", "httpx", "httpx2", "fabric", "paramiko", "packaging", "rich"}
+    heavy |= {"llama_cpp", "mlx", "mlx_lm", "numpy", "tokenizers"}
+    assert loaded & heavy == set()
 
 
 def test_unreachable_inventory_host_fails_only_with_hosts(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,6 +164,27 @@ def test_submodules_table_shows_each_submodule(git_world: GitWorld) -> None:
         and "origin/cuda: up to date" in rows["engines/b"]
         and "moved" in rows["engines/b"]
     )
+
+
+def test_submodules_through_a_pipe_keep_whole_paths_and_json_parses(git_world: GitWorld) -> None:
+    """Two long paths with a common start were both `reference/…` in an 80-column pipe."""
+    long_paths = [f"reference/ml-explore/examples-with-a-rather-long-name-{x}" for x in "ab"]
+    for path, origin in zip(long_paths, ["engine-a", "engine-b"], strict=True):
+        git(git_world.clone, "submodule", "add", "-q", str(git_world.origin(origin)), path)
+    git(git_world.clone, "commit", "-q", "-m", "add reference checkouts")
+    piped = {**os.environ, "COLUMNS": "80"}  # what a pipe gets from a terminal of that width
+    command = [sys.executable, "-m", "invoke", "git.submodules", "--repo", str(git_world.clone)]
+
+    table = subprocess.run(command, cwd=ROOT, env=piped, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    paths = [line.split("│")[1].strip() for line in table.stdout.splitlines() if line.startswith("│")]
+    assert paths == ["engines/a", "engines/b", *long_paths]
+
+    as_json = subprocess.run([*command, "--json"], cwd=ROOT, env=piped, capture_output=True, text=True)
+    assert as_json.returncode == 0, as_json.stderr
+    rows = json.loads(as_json.stdout)["rows"]
+    assert [row["path"] for row in rows] == ["engines/a", "engines/b", *long_paths]
+    assert rows[0]["commit"] == head(git_world.clone / "engines/a")[:7] and rows[0]["state"] == "ok"
 
 
 def test_submodule_branch_checks_out_the_branch_and_records_it_in_gitmodules(git_world: GitWorld) -> None:

@@ -49,11 +49,11 @@ def test_hostile_argument_arrives_as_one_word_and_runs_nothing(
     # remote.sync on host a receives the string as its HOST argument and cannot resolve it
     done = cli("fab", lab_yaml, "-H", "a", "remote.sync", hostile)
     assert done.returncode == 255
-    assert one_line(done.stderr).startswith(f"error: {hostile}: unknown host name")
+    assert one_line(done.stderr).startswith(f"error: {hostile!r}: not a host or user name")
     # the same through fleet.run, whose --args is split like a shell line and quoted again per word
     done = cli("inv", lab_yaml, "fleet.run", "remote.sync", "--args", shlex.quote(hostile), "--hosts", "a")
     assert done.returncode == 1
-    assert f"a | error: {hostile}: unknown host name" in done.stdout + done.stderr
+    assert f"a | error: {hostile!r}: not a host or user name" in done.stdout + done.stderr
     assert not pwned.exists()
 
 
@@ -102,6 +102,66 @@ def test_accept_new_trusts_a_first_key_then_enforces_it(ssh_lab: Lab, tmp_path: 
     done = cli("fab", config, "-H", "a", "models.catalog")
     assert done.returncode == 255
     assert "SSH host key CHANGED" in one_line(done.stderr)
+
+
+def jump_config(ssh_lab: Lab, tmp_path: Path, known_hosts: Path, **remote: object) -> tuple[Path, Path]:
+    """An ssh_config where `final` is host b reached through host a (ProxyJump), and a lab config.
+
+    The hop is named `localhost`: fabric drops a ProxyJump whose host name equals the target's
+    (it takes it for a wildcard pointing at itself), whatever the ports."""
+    jump, final = ssh_lab.hosts["a"], ssh_lab.hosts["b"]
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        f"Host final\n  HostName 127.0.0.1\n  Port {final.port}\n  User {USER}\n"
+        f"  ProxyJump {USER}@localhost:{jump.port}\n"
+    )
+    config = ssh_lab.write_config(
+        tmp_path / "lab.yaml",
+        known_hosts=str(known_hosts),
+        checkout=str(final.checkout),
+        python=sys.executable,
+        **remote,
+    )
+    settings = yaml.safe_load(config.read_text())
+    settings["ssh_config_path"] = str(ssh_config)
+    config.write_text(yaml.safe_dump(settings))
+    return config, ssh_config
+
+
+@pytest.mark.parametrize("policy", ["strict", "accept-new"])
+def test_every_proxyjump_hop_gets_our_host_key_policy(ssh_lab: Lab, tmp_path: Path, policy: str) -> None:
+    jump, final = ssh_lab.hosts["a"], ssh_lab.hosts["b"]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(final.host_key_line + "\n")  # the jump host's key is unknown
+    config, ssh_config = jump_config(ssh_lab, tmp_path, known_hosts, host_key_policy=policy)
+    done = cli("fab", config, "-S", str(ssh_config), "-H", "final", "remote.facts", "--json")
+    if policy == "strict":
+        assert done.returncode == 255
+        assert one_line(done.stderr).startswith(f"error: unknown SSH host key for [localhost]:{jump.port} ")
+        assert known_hosts.read_text() == final.host_key_line + "\n"
+    else:  # the jump host's key is recorded, as ssh's accept-new does
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["revision"] == ssh_lab.revision("b")
+        jump_line = jump.host_key_line.replace("[127.0.0.1]", "[localhost]")
+        assert known_hosts.read_text() == f"{final.host_key_line}\n{jump_line}\n"
+
+
+def test_accept_new_keeps_a_symlinked_known_hosts_a_symlink_and_its_mode(
+    ssh_lab: Lab, tmp_path: Path
+) -> None:
+    real = tmp_path / "dotfiles" / "known_hosts"
+    real.parent.mkdir()
+    real.write_text("# shared known hosts\n")
+    real.chmod(0o644)
+    link = tmp_path / "known_hosts"
+    link.symlink_to(real)
+    config = ssh_lab.write_config(tmp_path / "lab.yaml", known_hosts=str(link), host_key_policy="accept-new")
+    done = cli("fab", config, "-H", "a", "remote.facts", "--json")
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and link.resolve() == real
+    assert real.read_text() == f"# shared known hosts\n{ssh_lab.hosts['a'].host_key_line}\n"
+    assert real.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in real.parent.iterdir()) == ["known_hosts"]  # no temporary file left
 
 
 def test_ssh_config_alias_user_key_and_known_hosts_are_used(ssh_lab: Lab, tmp_path: Path) -> None:

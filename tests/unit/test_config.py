@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from invoke.env import Environment
 
-from tasks.core import config
+from tasks.core import config, config_file
 from tasks.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,12 +78,12 @@ def test_env_override_invoke_cannot_cast_is_named(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValueError):  # what invoke itself does with it, outside any task
         Environment(config.read_yaml(config.CONFIG_FILE), "INVOKE_").load()
     with pytest.raises(ConfigError, match=r"^INVOKE_MODELS_FREE_SPACE_MARGIN_MB='abc': .* fix or unset"):
-        config.check_env_overrides("INVOKE_", os.environ)
+        config_file.check_env_overrides("INVOKE_", os.environ)
 
 
 def test_env_override_of_a_list_is_refused_with_the_file_to_use() -> None:
     with pytest.raises(ConfigError, match=r"INVOKE_DOCTOR_EXTRAS: .* set doctor.extras in ~/.invoke.yaml"):
-        config.check_env_overrides("INVOKE_", {"INVOKE_DOCTOR_EXTRAS": "server"})
+        config_file.check_env_overrides("INVOKE_", {"INVOKE_DOCTOR_EXTRAS": "server"})
 
 
 def test_env_overrides_invoke_can_cast_pass_and_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +94,7 @@ def test_env_overrides_invoke_can_cast_pass_and_reach_the_settings(monkeypatch: 
     monkeypatch.setenv("INVOKE_DOCTOR_TTL_S_MODELS", "60")
     monkeypatch.setenv("INVOKE_HOSTS", "ignored by invoke: an empty mapping has no keys")
     monkeypatch.setenv("FABRIC_SERVER_PORT", "another program's prefix")
-    config.check_env_overrides("INVOKE_", os.environ)
+    config_file.check_env_overrides("INVOKE_", os.environ)
     assert Environment(config.read_yaml(config.CONFIG_FILE), "INVOKE_").load() == {
         "models": {"free_space_margin_mb": 7},
         "server": {"host": "0.0.0.0"},
@@ -118,3 +118,19 @@ def test_bad_env_override_gives_one_line_and_nonzero_exit(program: str, variable
     assert result.stderr.strip().splitlines() == [
         f"error: {variable}='eighty': 'server.port' must be a whole number — fix or unset {variable}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("host", "-oProxyCommand=touch /tmp/X"), ("host", "box -p 2"), ("host", "box\n"), ("user", "-lroot")],
+)
+def test_inventory_host_or_user_that_ssh_would_read_as_an_option_is_refused(
+    project_config: dict, key: str, value: str
+) -> None:
+    project_config["hosts"] = {"evil": {"host": "box.lan", key: value}}
+    with pytest.raises(ConfigError) as refused:
+        config.validate(project_config)
+    assert str(refused.value) == (
+        f"invoke.yaml: 'hosts.evil.{key}' = {value!r}: must not start with '-' or hold spaces or control"
+        " characters — fix the value in invoke.yaml"
+    )

@@ -165,7 +165,52 @@ def test_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     holder.wait(timeout=10)
     assert lock.read_text().strip() == str(holder.pid)
     with doctor.run_lock(lock, timeout_s=0) as notes:
-        assert notes == [f"removed a stale lock left by pid {holder.pid}, which is no longer running"]
+        assert notes == [f"took over the lock left by pid {holder.pid}, which is no longer running"]
+
+
+def _race_for(lock: Path, start: Any, both_saw_it_stale: Any, release: Any, results: Any) -> None:
+    """One of two doctor runs that reach a stale lock at once: report whether it got the lock."""
+    from tasks.core import processes
+
+    def alive_once_both_have_looked(pid: int) -> bool:  # the window between "stale?" and taking over
+        both_saw_it_stale.wait(timeout=30)
+        return processes.alive(pid)
+
+    doctor.alive = alive_once_both_have_looked  # type: ignore[attr-defined]
+    try:
+        start.wait(timeout=30)
+        with doctor.run_lock(lock, timeout_s=0):
+            results.put("held")
+            release.wait(timeout=60)
+    except HomelabError:
+        results.put("refused")
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_runs_racing_for_a_stale_lock_never_both_take_it(tmp_path: Path) -> None:
+    import multiprocessing
+
+    lock = tmp_path / "doctor.lock"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    lock.write_bytes(gone.stdout)  # left by a run that died holding it
+    forked = multiprocessing.get_context("fork")
+    start, both_saw_it_stale, release = forked.Barrier(2), forked.Barrier(2), forked.Event()
+    results = forked.Queue()
+    racers = [
+        forked.Process(target=_race_for, args=(lock, start, both_saw_it_stale, release, results))
+        for _ in range(2)
+    ]
+    for racer in racers:
+        racer.start()
+    try:
+        outcomes = sorted(results.get(timeout=60) for _ in racers)
+    finally:
+        release.set()
+        for racer in racers:
+            racer.join(timeout=60)
+    assert outcomes == ["held", "refused"]
+    assert not lock.exists()
 
 
 def test_logs_rotate_keeping_the_newest(tmp_path: Path) -> None:
@@ -233,3 +278,23 @@ def test_missing_requirement_is_named_and_dry_run_shows_the_pip_install(
     assert result.status == "fail"
     assert result.detail == "missing or wrong version: no-such-package-xyz>=1"
     assert result.actions == ["would run: pip install no-such-package-xyz>=1"]
+
+
+def test_option_shaped_inventory_host_runs_nothing_even_past_validation(
+    project_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """doctor --hosts used to run OpenSSH with the inventory's host as an argument: a ProxyCommand."""
+    from invoke import Config
+
+    pwned = tmp_path / "pwned"
+    hostile = f"-oProxyCommand=touch {pwned}"
+    ssh_config = tmp_path / "ssh_config"  # keeps ~/.ssh/config out, and any lookup off the network
+    ssh_config.write_text(f"Host -oProxyCommand=*\n  HostName 127.0.0.1\n  Port {free_port()}\n")
+    settings = _settings(project_config, tmp_path)
+    unchecked = {"host": hostile, "user": "", "port": 0, "checkout": "", "python": "", "tags": []}
+    settings.hosts["evil"] = config.HostSettings.model_construct(**unchecked)  # as if validation missed it
+    merged = Config(overrides={**project_config, "ssh_config_path": str(ssh_config)})
+    (check,) = [c for c in doctor.host_checks(ROOT, settings, merged, hosts=True) if c.name == "ssh evil"]
+    (result,) = _run([check], ROOT, tmp_path / "state", fast=False).results
+    assert not pwned.exists()
+    assert result.status == "fail" and "cannot connect over SSH" in result.detail

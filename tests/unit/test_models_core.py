@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx2
@@ -15,6 +13,7 @@ from huggingface_hub.utils import hf_raise_for_status
 from tasks.core import catalog, config, hub, store
 from tasks.core.config import ModelsSettings
 from tasks.core.errors import HomelabError
+from tests.imports import loaded_by_inv
 
 ENDPOINT = "http://mirror.lan:8090"
 CONTEXT = {"endpoint": ENDPOINT, "repo": "org/model-GGUF", "revision": "main", "file": "m.gguf"}
@@ -107,14 +106,12 @@ def test_file_names_that_leave_the_snapshot_are_refused(tmp_path: Path, name: st
         store.pointer_path(tmp_path, "c" * 40, name)
 
 
-def test_listing_tasks_loads_no_heavy_library() -> None:
-    """`inv -l` imports every task module; the hub client, rich and pydantic wait for a task to run."""
-    heavy = ("huggingface_hub", "httpx", "httpx2", "rich", "pydantic", "fabric")
-    code = f"import sys, tasks.models; print([m for m in {heavy!r} if m in sys.modules])"
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=config.PROJECT_ROOT, check=True
-    )
-    assert loaded.stdout.strip() == "[]"
+@pytest.mark.parametrize("env", [{}, {"INVOKE_SERVER_PORT": "8081"}], ids=["plain", "env-override"])
+def test_listing_tasks_loads_no_heavy_library(env: dict[str, str]) -> None:
+    """`inv -l` imports every task module; the hub client, rich and pydantic wait for a task to run,
+    also when an INVOKE_* override makes the collection check the environment while it loads."""
+    heavy = {"huggingface_hub", "httpx", "httpx2", "rich", "pydantic", "fabric", "paramiko"}
+    assert loaded_by_inv("-l", env=env) & heavy == set()
 
 
 QUANTS = ["m-Q4_K_M.gguf", "m-Q4_0.gguf", "m-Q8_0.gguf"]

@@ -72,6 +72,25 @@ def test_plain_host_passes_through_for_ssh_config(lab_config: dict[str, Any]) ->
     assert target.checkout == lab_config["remote"]["checkout"]
 
 
+@pytest.mark.parametrize("name", ["-oProxyCommand=touch /tmp/X", "box -p 1", "box\t"])
+def test_plain_host_that_ssh_would_read_as_an_option_is_refused(
+    lab_config: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(HomelabError, match=r"not a host or user name .* — give an inventory name") as refused:
+        remote.resolve(name, config.validate(lab_config))
+    assert refused.value.exit_code == remote.CONNECTION_FAILED
+
+
+def test_bootstrap_clone_url_is_never_read_as_a_git_option(
+    lab_config: dict[str, Any], mock_remote: MockRemote
+) -> None:
+    lab_config["remote"]["repo_url"] = "--upload-pack=touch /tmp/pwned"
+    (channel,) = mock_remote.expect_sessions(Session(host="gpu.lan", exit=0))
+    ns["remote.bootstrap"](Context(config=fab_config(lab_config)), host="gpu", install=False)
+    words = shlex.split(sent(channel).split("else ")[1])
+    assert words[:5] == ["git", "clone", "--", "--upload-pack=touch /tmp/pwned", "/srv/homelab;"]
+
+
 def test_select_by_list_tag_or_all(lab_config: dict[str, Any]) -> None:
     settings = config.validate(lab_config)
     assert [t.name for t in remote.select(settings, hosts="mac, other")] == ["mac", "other"]
@@ -154,7 +173,7 @@ def test_bootstrap_clones_or_updates_then_runs_bootstrap_sh(
     ns["remote.bootstrap"](Context(config=fab_config(lab_config)), host="gpu")
     assert sent(channel) == (
         "if [ -d /srv/homelab/.git ]; then git -C /srv/homelab pull --ff-only; "
-        "else git clone https://git.lan/me/llm-homelab.git /srv/homelab; fi "
+        "else git clone -- https://git.lan/me/llm-homelab.git /srv/homelab; fi "
         "&& cd /srv/homelab && bash bootstrap.sh"
     )
 
