@@ -6,15 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inference_server import errors, streaming
+from inference_server import errors, guard, streaming
 from inference_server.admin.api_router import router as admin_router
 from inference_server.admission import Admission
 from inference_server.anthropic.api_router import router as anthropic_router
+from inference_server.auth import require_api_key
 from inference_server.engines import factory
 from inference_server.generation import Generation
 from inference_server.metrics import Metrics
@@ -40,13 +42,25 @@ def create_app(settings: ServerSettings) -> FastAPI:
             await loading
             await asyncio.to_thread(engine.close)
 
-    app = FastAPI(title="llm-homelab inference server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="llm-homelab inference server",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served below, behind the key like every API route
+    )
     app.state.runtime = runtime
     app.add_exception_handler(errors.ApiError, errors.on_api_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_exception_handler(HTTPException, errors.on_http_error)
     app.add_exception_handler(streaming.ClientGone, streaming.on_client_gone)
+    app.add_exception_handler(Exception, errors.on_unexpected_error)
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    app.add_middleware(guard.RequestGuard, settings=settings)
     app.add_middleware(_CountRequests, metrics=metrics)
     app.include_router(admin_router)
     app.include_router(openai_router)

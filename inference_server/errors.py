@@ -6,6 +6,7 @@ each API uses, so `/v1/messages` clients get Anthropic's shape and everyone else
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,7 +16,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 Kind = Literal[
-    "invalid_request", "authentication", "not_found", "no_route", "overloaded", "context_length", "server"
+    "invalid_request",
+    "authentication",
+    "not_found",
+    "no_route",
+    "too_large",
+    "overloaded",
+    "context_length",
+    "server",
 ]
 
 
@@ -35,11 +43,20 @@ _SHAPES: dict[Kind, _Shape] = {
     "authentication": _Shape(401, "invalid_request_error", "invalid_api_key", "authentication_error"),
     "not_found": _Shape(404, "invalid_request_error", "model_not_found", "not_found_error"),
     "no_route": _Shape(404, "invalid_request_error", None, "not_found_error"),
+    "too_large": _Shape(413, "invalid_request_error", "request_too_large", "request_too_large"),
     "overloaded": _Shape(503, "server_error", "overloaded", "overloaded_error"),
     "server": _Shape(500, "server_error", None, "api_error"),
 }
 
-_STATUS_KINDS: dict[int, Kind] = {401: "authentication", 404: "no_route", 405: "no_route", 503: "overloaded"}
+_STATUS_KINDS: dict[int, Kind] = {
+    401: "authentication",
+    404: "no_route",
+    405: "no_route",
+    413: "too_large",
+    503: "overloaded",
+}
+
+log = logging.getLogger("inference_server")
 
 
 class ApiError(Exception):
@@ -62,7 +79,15 @@ class ContextLengthError(ApiError):
 
 
 def is_anthropic(request: Request) -> bool:
-    return request.url.path.startswith("/v1/messages")
+    return is_anthropic_path(request.url.path)
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+def status_of(kind: Kind) -> int:
+    return _SHAPES[kind].status
 
 
 def body(kind: Kind, message: str, *, anthropic: bool) -> dict[str, object]:
@@ -108,3 +133,9 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     rendered = response(request, ApiError(kind, str(exc.detail)))
     rendered.status_code = exc.status_code
     return rendered
+
+
+async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug is still an answer in the API's own envelope (and a traceback in the log)."""
+    log.error("unexpected error on %s", request.url.path, exc_info=exc)
+    return response(request, ApiError("server", f"internal error: {type(exc).__name__}: see the server log"))

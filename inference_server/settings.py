@@ -32,6 +32,9 @@ class ServerSettings(BaseModel):
     threads: int = Field(ge=0, description="0 = the engine decides")
     model_aliases: list[str] = Field(description="other names (fnmatch patterns) for the served model")
     strip_billing_header: bool = Field(description="drop x-anthropic-billing-header lines from prompts")
+    allowed_hosts: list[str] = Field(
+        description="Host header names accepted while no api_key is set (DNS-rebinding guard)"
+    )
     stop_grace_s: float = Field(gt=0)
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ _SERVE_HELP = {
     "api_key_file": "file (mode 600) holding the key clients must send (default: server.api_key_file)",
     "context_size": "tokens of context (default: server.context_size)",
     "slots": "requests generating at once (default: server.slots)",
-    "queue_size": "requests waiting for a slot before 503 (default: server.queue_size)",
+    "queue_size": "requests waiting for a slot before 503; 0 = none wait (default -1: server.queue_size)",
     "alias": "another name (fnmatch pattern) for the model; repeatable, replaces server.model_aliases",
 }
 
@@ -34,7 +34,7 @@ def _serve_flags(
     api_key_file: str = "",
     context_size: int = 0,
     slots: int = 0,
-    queue_size: int = 0,
+    queue_size: int = -1,
     alias: list[str] | None = None,
 ) -> None:
     """The flags start, restart and run share, declared once: `_serving` gives each task this

@@ -79,18 +79,18 @@ class Tool(BaseModel):
 
 class AutoChoice(BaseModel):
     type: Literal["auto"]
-    disable_parallel_tool_use: bool = False
+    disable_parallel_tool_use: bool | None = None  # None: one call (see serving.tool_choice)
 
 
 class AnyChoice(BaseModel):
     type: Literal["any"]
-    disable_parallel_tool_use: bool = False
+    disable_parallel_tool_use: bool | None = None  # None: one call (see serving.tool_choice)
 
 
 class NamedChoice(BaseModel):
     type: Literal["tool"]
     name: str
-    disable_parallel_tool_use: bool = False
+    disable_parallel_tool_use: bool | None = None  # None: one call (see serving.tool_choice)
 
 
 class NoChoice(BaseModel):

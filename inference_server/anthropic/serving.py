@@ -128,13 +128,15 @@ def declared_tools(tools: list[p.Tool] | None) -> list[ToolSpec]:
 
 
 def tool_choice(choice: p.ToolChoice | None) -> tuple[Mode, str, bool]:
-    """Mode, tool name and whether several calls may come; Anthropic's default is `auto`."""
+    """Mode, tool name and whether several calls may come; Anthropic's default is `auto`. Several
+    calls in one turn only when the client says `disable_parallel_tool_use: false`: small local
+    models, let loose, repeat the same call until max_tokens (llama-server defaults the same way)."""
     if choice is None or isinstance(choice, p.AutoChoice):
-        return "auto", "", not (choice and choice.disable_parallel_tool_use)
+        return "auto", "", choice is not None and choice.disable_parallel_tool_use is False
     if isinstance(choice, p.AnyChoice):
-        return "required", "", not choice.disable_parallel_tool_use
+        return "required", "", choice.disable_parallel_tool_use is False
     if isinstance(choice, p.NamedChoice):
-        return "named", choice.name, not choice.disable_parallel_tool_use
+        return "named", choice.name, choice.disable_parallel_tool_use is False
     return "none", "", False
 
 

@@ -130,7 +130,8 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool = True
+    # None: one call per turn, as llama-server (small models repeat a call until max_tokens otherwise)
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     top_logprobs: Unsupported = None
     audio: Unsupported = None

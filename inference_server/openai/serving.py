@@ -121,7 +121,12 @@ def constraint(request: p.ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], 
     ]
     mode, name = tool_choice(request.tool_choice, request.tools)
     return plan(
-        specs, mode, name, request.parallel_tool_calls, answer_format(request.response_format), "tool_choice"
+        specs,
+        mode,
+        name,
+        request.parallel_tool_calls is True,
+        answer_format(request.response_format),
+        "tool_choice",
     )
 
 

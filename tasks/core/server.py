@@ -52,7 +52,7 @@ def served_settings(settings: Settings, api_key_file: str = "", **flags: Any) ->
 
     The fields both models share are taken over by name; the model's files, its format, the key and
     the context (capped by the model's own) are worked out here."""
-    config = settings.server.model_copy(update={k: v for k, v in flags.items() if v})
+    config = settings.server.model_copy(update={k: v for k, v in flags.items() if _given(k, v)})
     entry = catalog.get_entry(catalog.load_catalog(settings.models.catalog), config.model)
     path, model_format = _model_files(entry, config.engine, settings.models)
     shared = set(ServerSettings.model_fields) & set(type(config).model_fields)
@@ -75,6 +75,17 @@ def served_settings(settings: Settings, api_key_file: str = "", **flags: Any) ->
     except EngineError as exc:
         raise HomelabError(f"model '{entry.name}': {exc}", "pick another --engine (or auto)") from None
     return served
+
+
+# Flags for which 0 is a real value (no queue at all); the task's default for them is -1.
+_ZERO_IS_A_VALUE = frozenset({"queue_size"})
+
+
+def _given(name: str, value: Any) -> bool:
+    """Whether a task flag was set: typed defaults (0, "", None) mean "from invoke.yaml"."""
+    if name in _ZERO_IS_A_VALUE:
+        return isinstance(value, int) and value >= 0
+    return bool(value)
 
 
 def _model_files(

@@ -83,7 +83,7 @@ def test_claude_codes_real_request_is_accepted_with_all_its_tools() -> None:
     body = p.MessagesRequest.model_validate(CLAUDE_CODE)
     tools, plan = constraint(body)
     assert [t.name for t in tools] == [t["name"] for t in CLAUDE_CODE["tools"]]
-    assert plan is not None and (plan.kind, plan.mode, plan.parallel) == ("tools", "auto", True)
+    assert plan is not None and (plan.kind, plan.mode, plan.parallel) == ("tools", "auto", False)
     messages = to_messages(body, strip_billing_header=True)
     assert [m.role for m in messages] == ["system", "user", "system"]
     assert "x-anthropic-billing-header" not in messages[0].content
@@ -190,6 +190,10 @@ def test_server_tools_are_left_out_with_a_log_line(caplog: pytest.LogCaptureFixt
 
 def test_tool_choice_maps_to_a_plan() -> None:
     _, plan = constraint(request(tools=[READ], tool_choice={"type": "any"}))
+    assert plan is not None and (plan.mode, plan.parallel) == ("required", False)  # one call by default
+    _, plan = constraint(
+        request(tools=[READ], tool_choice={"type": "any", "disable_parallel_tool_use": False})
+    )
     assert plan is not None and (plan.mode, plan.parallel) == ("required", True)
     _, plan = constraint(
         request(tools=[READ], tool_choice={"type": "tool", "name": "Read", "disable_parallel_tool_use": True})

@@ -137,7 +137,9 @@ def test_a_tool_message_without_a_matching_call_is_a_400() -> None:
 def test_tool_choice_maps_to_a_plan() -> None:
     tools, plan = constraint(request(tools=[WEATHER]))
     assert tools == tuple(TOOLS)
-    assert plan is not None and (plan.kind, plan.mode, plan.parallel) == ("tools", "auto", True)
+    assert plan is not None and (plan.kind, plan.mode, plan.parallel) == ("tools", "auto", False)
+    _, plan = constraint(request(tools=[WEATHER], parallel_tool_calls=True))
+    assert plan is not None and plan.parallel
 
     named = {"type": "function", "function": {"name": "get_weather"}}
     _, plan = constraint(request(tools=[WEATHER], tool_choice=named, parallel_tool_calls=False))

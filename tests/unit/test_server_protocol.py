@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ SETTINGS = {
     "threads": 0,
     "model_aliases": ["claude-*"],
     "strip_billing_header": True,
+    "allowed_hosts": ["localhost", "127.0.0.1", "::1"],
     "stop_grace_s": 5,
 }
 
@@ -106,7 +108,7 @@ def test_health_and_the_apis_answer_503_until_the_model_is_loaded() -> None:
 
     from inference_server.app import create_app
 
-    client = TestClient(create_app(ServerSettings.model_validate(SETTINGS)))
+    client = TestClient(create_app(ServerSettings.model_validate(SETTINGS)), base_url="http://127.0.0.1")
     health = client.get("/health")
     assert (health.status_code, health.json()["status"]) == (503, "loading")
     question = {"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
@@ -124,3 +126,50 @@ def test_filled_event_is_the_event_serialized_with_that_text(text: str) -> None:
     template = {**data, "delta": {"type": "text_delta", "text": HOLE}}
 
     assert filler(sse(template, event="content_block_delta"))(text) == sse(data, event="content_block_delta")
+
+
+def test_a_keyless_server_answers_only_loopback_host_names_in_its_own_envelope() -> None:
+    """DNS rebinding: a page's own name, rebound to 127.0.0.1, arrives in Host and is refused."""
+    from fastapi.testclient import TestClient
+
+    from inference_server.app import create_app
+
+    app = create_app(ServerSettings.model_validate(SETTINGS))
+    rebound = TestClient(app, base_url="http://evil.example:8080")
+    refused = rebound.post("/v1/messages", json={})
+    assert refused.status_code == 400
+    assert refused.json()["type"] == "error" and "server.allowed_hosts" in refused.json()["error"]["message"]
+    assert rebound.get("/v1/models").json()["error"]["type"] == "invalid_request_error"
+    for name in ("http://localhost:8080", "http://127.0.0.1", "http://[::1]:8080"):
+        assert TestClient(app, base_url=name).get("/health").status_code == 503  # loading, not refused
+    keyed = create_app(ServerSettings.model_validate({**SETTINGS, "api_key": "k"}))
+    assert TestClient(keyed, base_url="http://evil.example").get("/health").status_code == 503
+
+
+def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read() -> None:
+    from fastapi.testclient import TestClient
+
+    from inference_server.app import create_app
+    from inference_server.guard import MAX_BODY_BYTES
+
+    client = TestClient(create_app(ServerSettings.model_validate(SETTINGS)), base_url="http://127.0.0.1")
+    huge = b"x" * (MAX_BODY_BYTES + 1)
+    sized = client.post("/v1/chat/completions", content=huge, headers={"content-type": "application/json"})
+    assert sized.status_code == 413 and sized.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(MAX_BODY_BYTES // (1 << 20) + 1):
+            yield b"x" * (1 << 20)
+
+    streamed = client.post("/v1/messages", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["error"]["type"] == "request_too_large"
+
+
+def test_the_openapi_schema_wants_the_key_when_one_is_set() -> None:
+    from fastapi.testclient import TestClient
+
+    from inference_server.app import create_app
+
+    keyed = TestClient(create_app(ServerSettings.model_validate({**SETTINGS, "api_key": "k"})))
+    assert keyed.get("/openapi.json").status_code == 401
+    assert "/v1/messages" in keyed.get("/openapi.json", headers={"x-api-key": "k"}).json()["paths"]

@@ -69,3 +69,10 @@ def test_start_refuses_a_port_in_use_before_spawning(project_config: dict[str, A
         with pytest.raises(HomelabError, match=f"port {port} on 127.0.0.1 is already in use"):
             core.start(served, StateFiles(tmp_path), timeout_s=5)
     assert not (tmp_path / "server.pid").exists()
+
+
+def test_a_queue_size_of_zero_is_a_value_not_unset(project_config: dict[str, Any]) -> None:
+    none_wait = core.served_settings(config.validate(project_config), queue_size=0)
+    unset = core.served_settings(config.validate(project_config), queue_size=-1)
+    assert none_wait.queue_size == 0
+    assert unset.queue_size == project_config["server"]["queue_size"] > 0
