@@ -47,6 +47,13 @@ MIN_SAVED_TOKENS = 256
 LONG_PROMPT_CHARS = 8192
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on; macOS has no sched_getaffinity, so there it is all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class WorkerDied(EngineError):
     """The worker thread hit an error it cannot recover from; the engine no longer serves."""
 
@@ -108,7 +115,7 @@ class LlamaCppEngine:
             raise EngineError(f"context_size {context_size} cannot be split into {slots} slots")
         self.model_path = model_path
         self.slots = slots
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or usable_cpus()
         self.prefix_cache_bytes = prefix_cache_bytes
         # Extra buffer types repack weights for the CPU; on VMs that report AMX they fault on the
         # first decode (ggml_backend_amx_mul_mat), so they are off unless asked for.
