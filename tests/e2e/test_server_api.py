@@ -111,7 +111,10 @@ def test_openai_completion_streams_text_then_usage(oai: openai.OpenAI) -> None:
     assert 0 < chunks[-1].usage.completion_tokens <= 6
 
 
-def test_same_seed_samples_the_same_answer(oai: openai.OpenAI) -> None:
+def test_same_seed_samples_the_same_answer_and_other_seeds_differ(oai: openai.OpenAI) -> None:
+    """Same seed, same answer; and the seed matters: were temperature ignored (greedy), or the seed,
+    five seeds would give one answer."""
+
     def sample(seed: int) -> str | None:
         reply = oai.chat.completions.create(
             model="smollm2", messages=LONG_ANSWER, max_tokens=12, temperature=1.0, top_p=0.95, seed=seed
@@ -119,6 +122,7 @@ def test_same_seed_samples_the_same_answer(oai: openai.OpenAI) -> None:
         return reply.choices[0].message.content
 
     assert sample(7) == sample(7)
+    assert len({sample(seed) for seed in range(1, 6)}) >= 2
 
 
 def test_repeated_prompt_reports_cached_prefix_tokens(oai: openai.OpenAI) -> None:
