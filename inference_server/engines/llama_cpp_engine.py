@@ -59,11 +59,10 @@ MIN_SAVED_TOKENS = 256
 GROW_TOKENS = 256
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on; macOS has no sched_getaffinity, so all of them there."""
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    if getaffinity is not None:
-        return len(getaffinity(0))
+def usable_cpus() -> int:
+    """The CPUs this process may run on; macOS has no sched_getaffinity, so there it is all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
 
@@ -132,7 +131,7 @@ class LlamaCppEngine:
             raise EngineError(f"context_size {context_size} with {slots} slots cannot serve a request")
         self.model_path = model_path
         self.slots = slots
-        self.threads = threads or available_cpus()
+        self.threads = threads or usable_cpus()
         self.prefix_cache_bytes = prefix_cache_bytes
         # Extra buffer types repack weights for the CPU; on VMs that report AMX they fault on the
         # first decode (ggml_backend_amx_mul_mat), so they are off unless asked for.

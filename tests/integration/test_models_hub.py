@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -105,31 +106,25 @@ def test_download_resumes_after_kill(models_cli: ModelsCli, hub: HubServer) -> N
 
     key = "test-org/slow-GGUF/slow.gguf"
     size = hub.repos["test-org/slow-GGUF"].files["slow.gguf"].size
-    hub.bytes_per_second = 2 * MB
+    hub.hold_after = 2 * MB  # the hub stops there until the test lets go: the download cannot finish
     process = models_cli.start("models.download", "slow")
+    assert hub.held.wait(timeout=120), "the download never started"
     blobs = models_cli.cache_dir / "models--test-org--slow-GGUF" / "blobs"
-    deadline = time.monotonic() + 60
-    partial: list[Path] = []
-    while time.monotonic() < deadline:
-        partial = list(blobs.glob("*.incomplete")) if blobs.is_dir() else []
-        if partial and partial[0].stat().st_size >= 2 * MB:
-            break
-        time.sleep(0.05)
+    _wait_while_held(lambda: any(p.stat().st_size for p in blobs.glob("*.incomplete")))
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert partial, "the download never started"
-    kept = partial[0].stat().st_size
-    assert 0 < kept < size
+    (partial,) = blobs.glob("*.incomplete")
+    kept = partial.stat().st_size
+    assert 0 < kept <= hub.served[key] < size
     scanned = scan_cache_dir(models_cli.cache_dir)  # huggingface_hub reads the partial as its own kind
-    assert not scanned.warnings and {f.file_path for f in scanned.incomplete_files} == {partial[0]}
+    assert not scanned.warnings and {f.file_path for f in scanned.incomplete_files} == {partial}
 
     listed = models_cli("models.ls")
     assert "partial" in listed.stdout
     planned = models_cli("models.download", "slow", "--dry-run")
     assert "resume at" in planned.stdout
 
-    hub.bytes_per_second = 0.0
-    hub.reset_counts()
+    hub.reset()
     resumed = models_cli("models.download", "slow")
     assert resumed.returncode == 0, resumed.stderr
     assert hub.ranges == [f"bytes={kept}-"]
@@ -139,14 +134,11 @@ def test_download_resumes_after_kill(models_cli: ModelsCli, hub: HubServer) -> N
 
 
 def test_ctrl_c_stops_the_download_and_says_how_to_resume(models_cli: ModelsCli, hub: HubServer) -> None:
-    hub.bytes_per_second = 2 * MB
+    hub.hold_after = MB  # the hub stops there until the test lets go: the download is in flight
     process = models_cli.start("models.download", "slow")
-    blobs = models_cli.cache_dir / "models--test-org--slow-GGUF" / "blobs"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (blobs.is_dir() and any(blobs.glob("*.incomplete"))):
-        time.sleep(0.05)
+    assert hub.held.wait(timeout=120), "the download never started"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert (
         stderr.strip()
@@ -154,13 +146,21 @@ def test_ctrl_c_stops_the_download_and_says_how_to_resume(models_cli: ModelsCli,
     )
 
 
+def _wait_while_held(written: Callable[[], bool]) -> None:
+    """Until the client has written some of what the held hub sent. Not a race: while the hub holds,
+    the client has those bytes and waits for the rest, so its file can neither finish nor vanish."""
+    deadline = time.monotonic() + 120  # a bound for a broken client only; load cannot make it pass early
+    while not written():
+        assert time.monotonic() < deadline, "the client never wrote what it got"
+        time.sleep(0.05)
+
+
 def test_dropped_connection_says_so_and_the_rerun_resumes(models_cli: ModelsCli, hub: HubServer) -> None:
     hub.drop_after = MB
     line = _one_line_error(models_cli("models.download", "tiny"))
     assert "connection to" in line and "resumes" in line
     assert "partial 3" in _row(models_cli("models.catalog").stdout, "tiny")[3]  # 1 of 3 MB kept
-    hub.drop_after = 0
-    hub.reset_counts()
+    hub.reset()
     assert models_cli("models.download", "tiny").returncode == 0
     assert hub.ranges == ["bytes=1048576-"] and hub.served[f"{TINY}/tiny-Q4_K_M.gguf"] == 3 * MB - 1048576
 

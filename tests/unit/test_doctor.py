@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from tasks.core import config, doctor
 from tasks.core.errors import HomelabError
+from tasks.core.processes import alive
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,25 +122,33 @@ def test_unreadable_cache_entries_are_rerun(tmp_path: Path, root: Path, state: s
     assert counting.runs == 1 and report.ok
 
 
-def _hold_lock(lock: Path, seconds: float) -> subprocess.Popen[str]:
+def _hold_lock(lock: Path) -> subprocess.Popen[str]:
+    """A process holding `lock` until the test closes its stdin."""
     code = (
-        "import sys, time\n"
+        "import sys\n"
         "from pathlib import Path\n"
         "from tasks.core.doctor import run_lock\n"
         "with run_lock(Path(sys.argv[1]), 0):\n"
         "    print('held', flush=True)\n"
-        "    time.sleep(float(sys.argv[2]))\n"
+        "    sys.stdin.read()\n"
     )
     holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(lock), str(seconds)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, str(lock)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     return holder
 
 
-def test_second_run_waits_for_the_lock_then_gives_up_with_a_message(tmp_path: Path) -> None:
+def test_second_run_waits_for_the_lock_then_gives_up_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lock = tmp_path / "doctor.lock"
-    holder = _hold_lock(lock, seconds=1.5)
+    holder = _hold_lock(lock)
+    assert holder.stdin is not None
     try:
         with (
             pytest.raises(
@@ -149,18 +157,30 @@ def test_second_run_waits_for_the_lock_then_gives_up_with_a_message(tmp_path: Pa
             doctor.run_lock(lock, timeout_s=0.2),
         ):
             pass
-        started = time.monotonic()
-        with doctor.run_lock(lock, timeout_s=30) as notes:
+        seen: list[bool] = []
+
+        def alive_then_let_go(pid: int) -> bool:
+            """The waiter found the lock held by a live process; only then does the holder let go."""
+            seen.append(alive(pid))
+            if len(seen) == 1:
+                holder.stdin.close()
+                holder.wait(timeout=30)
+            return seen[-1]
+
+        monkeypatch.setattr(doctor, "alive", alive_then_let_go)
+        with doctor.run_lock(lock, timeout_s=120) as notes:
             assert lock.read_text().strip() == str(os.getpid())
-        assert notes == [] and time.monotonic() - started > 0.2
+        assert seen == [True] and notes == []
         assert not lock.exists()
     finally:
+        if not holder.stdin.closed:
+            holder.stdin.close()
         holder.wait(timeout=30)
 
 
 def test_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     lock = tmp_path / "doctor.lock"
-    holder = _hold_lock(lock, seconds=60)
+    holder = _hold_lock(lock)
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=10)
     assert lock.read_text().strip() == str(holder.pid)
