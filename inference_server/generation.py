@@ -11,8 +11,9 @@ engine's iterator, which ends the generation and frees its slot at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -77,8 +78,15 @@ class ChatPrompt:
     messages: Sequence[ChatMessage]
     tools: Sequence[ToolSpec] = ()
 
-    def characters(self) -> int:
-        return sum(len(m.content) for m in self.messages) + sum(len(str(t.parameters)) for t in self.tools)
+    def texts(self) -> Iterator[str]:
+        """Every piece of client text the prompt is made of."""
+        for message in self.messages:
+            yield message.content
+            for call in message.tool_calls:
+                yield json.dumps(call.arguments, ensure_ascii=False)
+        for tool in self.tools:
+            yield tool.description
+            yield json.dumps(tool.parameters, ensure_ascii=False)
 
 
 Prompt = ChatPrompt | str
@@ -217,6 +225,17 @@ async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
         await aclose()
 
 
+def _check_unicode(text: str) -> None:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800"), which are no text a tokenizer can take."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise ApiError(
+            "invalid_request", f"the prompt holds {bad}, a lone UTF-16 surrogate: send valid Unicode text"
+        ) from None
+
+
 class Generation:
     """Turns a prompt into an admitted, primed Stream, or an ApiError before any output."""
 
@@ -229,7 +248,10 @@ class Generation:
         """The prompt's ids, tokenised once and off the event loop; too long is a 400 either way."""
         self._check_engine()
         limit = self.engine.info.context_size - 1
-        characters = prompt.characters() if isinstance(prompt, ChatPrompt) else len(prompt)
+        texts = list(prompt.texts()) if isinstance(prompt, ChatPrompt) else [prompt]
+        for text in texts:
+            _check_unicode(text)
+        characters = sum(len(text) for text in texts)
         if characters > (limit + 1) * MAX_CHARS_PER_TOKEN:
             raise ContextLengthError(characters // MAX_CHARS_PER_TOKEN, limit)
         try:

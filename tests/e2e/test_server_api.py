@@ -333,9 +333,10 @@ def test_unknown_model_is_404_naming_the_served_ones(oai: openai.OpenAI) -> None
 
 
 def test_full_queue_answers_503_with_retry_after(inference_server: RunningServer) -> None:
-    """Two slots generating and one request waiting fill the server; the next is refused at once."""
+    """Two slots generating and one request waiting fill the server; the next is refused at once.
+    The two streams may run to the end of the 2,048-token context: far longer than the test needs."""
     url, headers = inference_server.url, auth(inference_server)
-    request = {"model": "smollm2", "max_tokens": 400, "stream": True, "messages": LONG_ANSWER}
+    request = {"model": "smollm2", "max_tokens": 1900, "stream": True, "messages": LONG_ANSWER}
 
     async def scenario() -> httpx.Response:
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
@@ -343,9 +344,12 @@ def test_full_queue_answers_503_with_retry_after(inference_server: RunningServer
             opened = [await s.__aenter__() for s in streams]
             queued = {**request, "stream": False, "max_tokens": 4}
             waiting = asyncio.create_task(client.post("/v1/chat/completions", json=queued))
+            deadline = time.monotonic() + TIMEOUT
             while metric(inference_server, "homelab_queue_depth") < 1:
+                assert time.monotonic() < deadline, "the third request never queued"
                 await asyncio.sleep(0.05)
             refused = await client.post("/v1/chat/completions", json=request)
+            assert metric(inference_server, "homelab_active_requests") == 2, "a stream ended too soon"
             for stream in streams:
                 await stream.__aexit__(None, None, None)
             assert all(o.status_code == 200 for o in opened)
@@ -384,7 +388,7 @@ def test_client_giving_up_on_a_non_streamed_answer_frees_the_slot(inference_serv
             headers=auth(inference_server),
             timeout=1,
         )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + TIMEOUT  # a bound: a missed disconnect generates 1,500 tokens first
     while metric(inference_server, "homelab_active_requests") > 0:
         assert time.monotonic() < deadline, "the slot was not freed after the client left"
         time.sleep(0.1)
@@ -401,3 +405,49 @@ def test_metrics_count_requests_tokens_and_errors(
     assert re.search(r"^homelab_queue_depth 0", text, re.MULTILINE)
     assert metric(inference_server, "homelab_prompt_tokens_total") > 0
     assert metric(inference_server, "homelab_time_to_first_token_seconds_count") > 0
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"])
+def test_a_lone_surrogate_is_a_400_and_leaks_no_slot(inference_server: RunningServer, path: str) -> None:
+    """Slots + queue + 1 such requests in a row: each is refused, none keeps its slot."""
+    bad = '{"model":"smollm2","max_tokens":2,"messages":[{"role":"user","content":"\\ud800"}]}'
+    headers = {**auth(inference_server), "content-type": "application/json"}
+    for _ in range(inference_server.settings.slots + inference_server.settings.queue_size + 1):
+        refused = post(f"{inference_server.url}{path}", content=bad, headers=headers)
+        assert refused.status_code == 400, refused.text
+        assert "surrogate" in refused.text
+    assert metric(inference_server, "homelab_active_requests") == 0
+    question = {"model": "smollm2", "max_tokens": 2, "messages": QUESTION}
+    assert post(
+        f"{inference_server.url}/v1/chat/completions", json=question, headers=auth(inference_server)
+    ).is_success
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "named"),
+    [
+        ("/v1/chat/completions", {"seed": -1}, "seed"),
+        ("/v1/chat/completions", {"logprobs": True}, "logprobs"),
+        ("/v1/chat/completions", {"stop": ["x"] * 1000}, "stop"),
+        ("/v1/messages", {"stop_sequences": ["y" * 100_000]}, "stop_sequences"),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {"role": "assistant", "content": None, "tool_calls": [{"function": "x"}]},
+                    *QUESTION,
+                ]
+            },
+            "tool_calls",
+        ),
+    ],
+)
+def test_what_the_server_cannot_honour_is_a_400_naming_the_field(
+    inference_server: RunningServer, path: str, fields: dict[str, Any], named: str
+) -> None:
+    request = {"model": "smollm2", "max_tokens": 2, "messages": QUESTION, **fields}
+    refused = post(f"{inference_server.url}{path}", json=request, headers=auth(inference_server))
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert named in error["message"]
+    assert ("type" in refused.json()) == path.startswith("/v1/messages")
