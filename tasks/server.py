@@ -214,23 +214,34 @@ def chat(c: Context, prompt: str, max_tokens: int = 0, temperature: float = -1.0
     print()
 
 
-@task(name="claude", help={"print_only": "print the environment instead of launching `claude`"})
+@task(
+    name="claude",
+    help={"print_only": "print the environment as shell lines (for eval) instead of launching `claude`"},
+)
 def claude(c: Context, print_only: bool = False) -> None:
-    """Point Claude Code at this server: launch `claude` with the right environment, or print it."""
-    import os
-    import shlex
-    import shutil
+    """Point Claude Code at this server: launch `claude` with the right environment, or print it.
 
+    `eval "$(inv server.claude --print-only)"` sets it in the current shell (the key included)."""
+    import sys
+
+    from tasks.core import claude_code
     from tasks.core import server as core
 
     settings = _settings(c)
     served = core.current(_files(c), _served(c))
-    env = core.claude_env(served, settings.claude_model, settings.claude_small_fast_model)
-    program = shutil.which("claude")
+    env = claude_code.environment(
+        core.client_url(served),
+        served.api_key,
+        served.context_size,
+        settings.claude_model,
+        settings.claude_small_fast_model,
+    )
+    if warning := claude_code.context_warning(served.model_name, served.context_size):
+        print(f"warning: {warning}", file=sys.stderr)
+    program = claude_code.program()
     if print_only or program is None:
-        for name, value in env.items():
-            print(f"export {name}={shlex.quote(value)}")
+        print("\n".join(claude_code.shell_lines(env)))
         if program is None and not print_only:
             print("# `claude` is not installed: npm install -g @anthropic-ai/claude-code")
         return
-    os.execve(program, [program], {**os.environ, **env})
+    claude_code.launch(program, env)

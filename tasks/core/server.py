@@ -249,16 +249,6 @@ def chat(
         raise HomelabError(f"no server at {url}", "start one: inv server.start") from None
 
 
-def claude_env(served: ServerSettings, model: str, small_fast_model: str) -> dict[str, str]:
-    """What points Claude Code at this server; any token works when no key is configured."""
-    return {
-        "ANTHROPIC_BASE_URL": client_url(served),
-        "ANTHROPIC_AUTH_TOKEN": served.api_key or "no-key-needed",
-        "ANTHROPIC_MODEL": model,
-        "ANTHROPIC_SMALL_FAST_MODEL": small_fast_model,
-    }
-
-
 def tail(path: Path, lines: int) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,4 +1,4 @@
-"""tasks.core.server: invoke.yaml plus flags into the server's settings, and Claude Code's env."""
+"""tasks.core.server: invoke.yaml plus flags into the server's settings."""
 
 from __future__ import annotations
 
@@ -39,17 +39,6 @@ def test_mlx_engine_on_a_gguf_model_without_its_conversion_is_refused_before_sta
     with pytest.raises(HomelabError, match=r"^model 'smollm2' is GGUF and has no MLX conversion") as refused:
         core.served_settings(config.validate(project_config), engine="mlx")
     assert refused.value.fix == "run `inv models.convert smollm2`"
-
-
-def test_claude_env_points_at_the_server_with_claude_names(project_config: dict[str, Any]) -> None:
-    served = core.served_settings(config.validate(project_config), host="0.0.0.0", api_key="k")
-    env = core.claude_env(served, "claude-sonnet-4-6", "claude-haiku-4-5")
-    assert env == {
-        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{served.port}",
-        "ANTHROPIC_AUTH_TOKEN": "k",
-        "ANTHROPIC_MODEL": "claude-sonnet-4-6",
-        "ANTHROPIC_SMALL_FAST_MODEL": "claude-haiku-4-5",
-    }
 
 
 def test_start_refuses_a_port_in_use_before_spawning(project_config: dict[str, Any], tmp_path: Path) -> None:
