@@ -29,7 +29,9 @@ def program() -> Path | None:
 
 def output_cap(context_size: int) -> int:
     """CLAUDE_CODE_MAX_OUTPUT_TOKENS: a quarter of the context, at most 4,096, so the prompt keeps
-    three quarters."""
+    three quarters. An answer cut at the cap makes print mode ask to continue three more times, then
+    fail with "API Error: Claude's response exceeded the N output token maximum": a model that loops
+    costs four caps of decoding, not 128,000 tokens."""
     return min(MAX_OUTPUT_TOKENS, context_size // 4)
 
 

@@ -9,7 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,10 +151,8 @@ def test_server_claude_launches_claude_code(served: Served, tmp_path: Path) -> N
     assert_answered(Turn(launched.returncode, launched.stdout, launched.stderr))
 
 
-def test_second_turn_reads_most_of_its_prompt_from_the_cache(
-    served: Served, tmp_path: Path, record_property: Callable[[str, object], None]
-) -> None:
-    """Both turns' wall time and time to first token go to the report (--junitxml), not asserted."""
+def test_second_turn_reads_most_of_its_prompt_from_the_cache(served: Served, tmp_path: Path) -> None:
+    """Both turns' wall time and time to first token are printed (pytest -rP shows them), not asserted."""
     home, work = tmp_path / "home", tmp_path / "work"
     first = run_claude(served.claude_env(), home, work, *PROMPT_ARGS, "--output-format", "json")
     assert_answered(first)
@@ -164,7 +162,7 @@ def test_second_turn_reads_most_of_its_prompt_from_the_cache(
     assert_answered(second)
     for name, turn in (("first", first), ("second", second)):
         result = turn.result()
-        record_property(f"{name}_turn", {k: result.get(k) for k in ("duration_ms", "ttft_ms", "usage")})
+        print(f"{name} turn:", {k: result.get(k) for k in ("duration_ms", "ttft_ms", "usage")})
     usage = second.result()["usage"]
     prompt = usage["input_tokens"] + usage["cache_read_input_tokens"]
     assert usage["cache_read_input_tokens"] >= 0.8 * prompt, usage
