@@ -90,9 +90,9 @@ def task_arguments(task: Any, values: Mapping[str, Any]) -> list[str]:
         value = values.get(argument.attr_name or argument.name)
         if value is None or value == argument.default:
             continue
-        flag = f"--{argument.name}"
+        flag = f"--{argument.names[0]}"  # the dashed spelling (`--api-key`); .name is the Python one
         if argument.kind is bool:
-            words.append(flag if value else f"--no-{argument.name}")
+            words.append(flag if value else f"--no-{argument.names[0]}")
         elif argument.kind is list:
             words.extend(f"{flag}={item}" for item in value)
         elif argument.incrementable:
