@@ -2,15 +2,20 @@
 # Sets up llm-homelab on a fresh Debian/Ubuntu machine (or a Mac with Python 3.11+): system packages
 # where it can install them, a virtual environment in .venv, the project with its engines.
 #   bash bootstrap.sh          # users: the project and its inference engines
-#   bash bootstrap.sh --dev    # contributors and CI: plus test and lint tools, sshd for the tests
+#   bash bootstrap.sh --dev    # contributors and CI: plus test and lint tools, sshd and Claude Code
+#                                for the tests
 set -euo pipefail
 cd "$(dirname "$0")"
 
 extras="server"
 apt_packages=(git)
+dev=false
 if [[ "${1:-}" == "--dev" ]]; then
+  dev=true
   extras="server,mlx,dev"
   apt_packages+=(openssh-server openssh-client)
+  # npm installs Claude Code; a machine with its own Node (nodesource, nvm) keeps it
+  command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 fi
 [[ "$(uname -s)" == "Darwin" ]] && extras="${extras},mlx"
 
@@ -42,4 +47,18 @@ fi
 
 echo "==> installing llm-homelab[$extras]"
 .venv/bin/python -m pip install -q -e ".[$extras]"
+
+# The e2e tests run the real Claude Code, pinned (tests/fixtures/claude_code/ holds what this version
+# sends). Its npm package ships a native binary in a per-platform optional dependency, so the Node
+# that runs npm may be older than the package's `engines` asks for. tasks/core/claude_code.py finds it
+# here before PATH.
+claude_code_version=2.1.330
+claude_code_dir=.tools/claude-code
+if $dev && ! "$claude_code_dir/node_modules/.bin/claude" --version 2>/dev/null | grep -qx "$claude_code_version (Claude Code)"; then
+  echo "==> installing Claude Code $claude_code_version into $claude_code_dir"
+  mkdir -p "$claude_code_dir"
+  npm install --prefix "$claude_code_dir" --save-exact --no-audit --no-fund --loglevel=error \
+    "@anthropic-ai/claude-code@$claude_code_version"
+  "$claude_code_dir/node_modules/.bin/claude" --version >/dev/null
+fi
 echo "==> ready: .venv/bin/inv -l"

@@ -212,23 +212,33 @@ def chat(c: Context, prompt: str, max_tokens: int = 0, temperature: float = -1.0
     say("")
 
 
-@task(name="claude", help={"print_only": "print the environment instead of launching `claude`"})
+@task(
+    name="claude",
+    help={"print_only": "print the environment as shell lines (for eval) instead of launching `claude`"},
+)
 def claude(c: Context, print_only: bool = False) -> None:
-    """Point Claude Code at this server: launch `claude` with the right environment, or print it."""
-    import os
-    import shlex
-    import shutil
+    """Point Claude Code at this server: launch `claude` with the right environment, or print it.
 
-    from tasks.core import server as core
+    `eval "$(inv server.claude --print-only)"` sets it in the current shell (the key included)."""
+    import sys
+
+    from tasks.core import claude_code
     from tasks.core.console import say
 
     configured, endpoint = _endpoint(c)
-    env = core.claude_env(endpoint, configured.claude_model, configured.claude_small_fast_model)
-    program = shutil.which("claude")
+    env = claude_code.environment(
+        endpoint.url,
+        endpoint.api_key,
+        endpoint.context_size,
+        configured.claude_model,
+        configured.claude_small_fast_model,
+    )
+    if warning := claude_code.context_warning(endpoint.model, endpoint.context_size):
+        print(f"warning: {warning}", file=sys.stderr)
+    program = claude_code.program()
     if print_only or program is None:
-        for name, value in env.items():
-            say(f"export {name}={shlex.quote(value)}", markup=False)
+        say("\n".join(claude_code.shell_lines(env)), markup=False)
         if program is None and not print_only:
             say("# `claude` is not installed: npm install -g @anthropic-ai/claude-code", markup=False)
         return
-    os.execve(program, [program], {**os.environ, **env})
+    claude_code.launch(program, env)

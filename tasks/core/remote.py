@@ -104,7 +104,7 @@ def task_arguments(task: Any, values: Mapping[str, Any]) -> list[str]:
             continue
         flag = f"--{argument.names[0]}"  # the dashed name invoke parses (`name` keeps underscores)
         if argument.kind is bool:
-            words.append(flag if value else f"--no-{argument.name}")
+            words.append(flag if value else f"--no-{argument.names[0]}")
         elif argument.kind is list:
             words.extend(f"{flag}={item}" for item in value)
         elif argument.incrementable:

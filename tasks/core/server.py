@@ -250,16 +250,6 @@ def chat(
         ) from None
 
 
-def claude_env(endpoint: Endpoint, model: str, small_fast_model: str) -> dict[str, str]:
-    """What points Claude Code at this server; any token works when no key is configured."""
-    return {
-        "ANTHROPIC_BASE_URL": endpoint.url,
-        "ANTHROPIC_AUTH_TOKEN": endpoint.api_key or "no-key-needed",
-        "ANTHROPIC_MODEL": model,
-        "ANTHROPIC_SMALL_FAST_MODEL": small_fast_model,
-    }
-
-
 def tail(path: Path, lines: int) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

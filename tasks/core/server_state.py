@@ -85,6 +85,7 @@ class Endpoint:
     url: str
     api_key: str
     model: str
+    context_size: int = 0  # tokens one request may use (0: not known)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def look(files: StateFiles) -> Running | Stale | None:
         client_url(str(served.get("host", "")), int(served.get("port", 0))),
         str(served.get("api_key", "")),
         str(served.get("model_name", "")),
+        int(served.get("context_size", 0)),
     )
     return Running(identity, endpoint, str(served.get("engine", "")))
 
@@ -179,7 +181,7 @@ def endpoint(files: StateFiles, configured: ServerConfig) -> Endpoint:
     if isinstance(found, Running):
         return found.endpoint
     url = client_url(configured.host, configured.port)
-    return Endpoint(url, api_key(configured), configured.model)
+    return Endpoint(url, api_key(configured), configured.model, configured.context_size)
 
 
 def client_url(host: str, port: int) -> str:

@@ -316,7 +316,7 @@ def test_model_list_offers_claude_names_claude_code_keeps(
 ) -> None:
     ids = [model.id for model in claude.models.list(limit=1000)]
     assert ids[0] == "smollm2"
-    assert {"claude-sonnet-4-6", "claude-haiku-4-5"} <= set(ids)  # the main and the small/fast tier
+    assert {"claude-sonnet-5-5", "claude-haiku-5-5"} <= set(ids)  # the main and the small/fast tier
     assert "claude-*" not in ids  # patterns are accepted, not listed
     assert [model.id for model in oai.models.list()] == ids
 

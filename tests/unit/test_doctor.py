@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ import pytest
 
 from tasks.core import config, doctor
 from tasks.core.errors import HomelabError
-from tasks.core.processes import alive
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,20 +157,21 @@ def test_second_run_waits_for_the_lock_then_gives_up_with_a_message(
             doctor.run_lock(lock, timeout_s=0.2),
         ):
             pass
-        seen: list[bool] = []
+        acquired = threading.Event()
+        held_by: list[str] = []
 
-        def alive_then_let_go(pid: int) -> bool:
-            """The waiter found the lock held by a live process; only then does the holder let go."""
-            seen.append(alive(pid))
-            if len(seen) == 1:
-                holder.stdin.close()
-                holder.wait(timeout=30)
-            return seen[-1]
+        def wait_for_the_lock() -> None:
+            with doctor.run_lock(lock, timeout_s=120):
+                held_by.append(lock.read_text().strip())
+                acquired.set()
 
-        monkeypatch.setattr(doctor, "alive", alive_then_let_go)
-        with doctor.run_lock(lock, timeout_s=120) as notes:
-            assert lock.read_text().strip() == str(os.getpid())
-        assert seen == [True] and notes == []
+        waiter = threading.Thread(target=wait_for_the_lock)
+        waiter.start()
+        assert not acquired.wait(0.5), "the waiter took a lock that another process holds"
+        holder.stdin.close()  # only now does the holder let go
+        holder.wait(timeout=30)
+        waiter.join(timeout=120)
+        assert acquired.is_set() and held_by == [str(os.getpid())]
         assert not lock.exists()
     finally:
         if not holder.stdin.closed:

@@ -104,12 +104,23 @@ def test_select_by_list_tag_or_all(lab_config: dict[str, Any]) -> None:
 
 def test_arguments_rebuild_flags_as_invoke_parses_them() -> None:
     @task(iterable=["tag"], positional=["name"])
-    def sample(c: Context, name: str, count: int = 1, force: bool = False, cache: bool = True, tag=None):  # type: ignore[no-untyped-def]
+    def sample(
+        c: Context, name: str, count: int = 1, force: bool = False, cache: bool = True, tag=None, api_key=""
+    ):  # type: ignore[no-untyped-def]
         """A task with one argument of each kind."""
 
-    values = {"name": HOSTILE, "count": 3, "force": True, "cache": False, "tag": ["a b", "c"]}
+    values = {"name": HOSTILE, "count": 3, "force": True, "cache": False, "tag": ["a b", "c"], "api_key": "k"}
     words = remote.task_arguments(sample, values)
-    assert words == [f"--name={HOSTILE}", "--count=3", "--force", "--no-cache", "--tag=a b", "--tag=c"]
+    expected = [
+        f"--name={HOSTILE}",
+        "--count=3",
+        "--force",
+        "--no-cache",
+        "--tag=a b",
+        "--tag=c",
+        "--api-key=k",
+    ]
+    assert words == expected
     assert remote.task_arguments(sample, {"name": "n", "count": 1, "force": False, "cache": True}) == [
         "--name=n"
     ]

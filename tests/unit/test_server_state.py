@@ -154,7 +154,7 @@ def test_no_running_server_means_the_configured_endpoint_without_needing_the_mod
     project_config["server"].update(model="tinyllama", port=9124, state_dir=str(tmp_path))
     settings = config.validate(project_config)
     assert server_state.endpoint(StateFiles(tmp_path), settings.server) == Endpoint(
-        "http://127.0.0.1:9124", "", "tinyllama"
+        "http://127.0.0.1:9124", "", "tinyllama", settings.server.context_size
     )
 
 

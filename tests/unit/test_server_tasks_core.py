@@ -1,4 +1,4 @@
-"""tasks.core.server: invoke.yaml plus flags into the server's settings, and Claude Code's env."""
+"""tasks.core.server: invoke.yaml plus flags into the server's settings."""
 
 from __future__ import annotations
 
@@ -44,22 +44,21 @@ def test_mlx_engine_on_a_gguf_model_without_its_conversion_is_refused_before_sta
     assert refused.value.fix == "run `inv models.convert smollm2`"
 
 
-def test_claude_env_points_at_the_running_server_with_claude_names(
+def test_claude_code_environment_follows_the_running_server(
     project_config: dict[str, Any], tmp_path: Path
 ) -> None:
+    from tasks.core import claude_code
+
     settings = config.validate(project_config)
-    served = core.served_settings(settings, host="0.0.0.0", port=9123, api_key="k")
+    served = core.served_settings(settings, host="0.0.0.0", port=9123, api_key="k", context_size=4096)
     files = StateFiles(tmp_path)
     files.settings.write_text(served.model_dump_json())
     assert server_state.record(files, os.getpid(), psutil.Process().cmdline())  # stands in for a server
     endpoint = server_state.endpoint(files, settings.server)
-    env = core.claude_env(endpoint, "claude-sonnet-4-6", "claude-haiku-4-5")
-    assert env == {
-        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9123",
-        "ANTHROPIC_AUTH_TOKEN": "k",
-        "ANTHROPIC_MODEL": "claude-sonnet-4-6",
-        "ANTHROPIC_SMALL_FAST_MODEL": "claude-haiku-4-5",
-    }
+    assert (endpoint.url, endpoint.api_key, endpoint.context_size) == ("http://127.0.0.1:9123", "k", 4096)
+    env = claude_code.environment(endpoint.url, endpoint.api_key, endpoint.context_size, "m", "s")
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9123" and env["ANTHROPIC_AUTH_TOKEN"] == "k"
+    assert int(env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"]) <= 4096 // 4
 
 
 def test_start_refuses_a_port_in_use_before_spawning(project_config: dict[str, Any], tmp_path: Path) -> None:

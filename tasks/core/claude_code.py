@@ -1,0 +1,77 @@
+"""Claude Code against this server: where its program is, and the environment that fits it to the
+served model (the names Claude Code 2.1.330 reads; tests/fixtures/claude_code/ holds what it sends)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from tasks.core.config import PROJECT_ROOT
+
+LOCAL_PROGRAM = PROJECT_ROOT / ".tools" / "claude-code" / "node_modules" / ".bin" / "claude"
+# Claude Code's first print-mode request: 4,154 tokens on smollm2 with a claude-*-5-5 model name
+# (4,818 for claude-haiku-5-5, 9,017 for claude-sonnet-4-6, whose older prompt is twice as long), plus
+# room for a CLAUDE.md, a longer path and a second turn.
+FIRST_PROMPT_TOKENS = 5_000
+MAX_OUTPUT_TOKENS = 4_096  # print mode asks for 128,000; a small model that loops is stopped sooner
+UNSET = ("ANTHROPIC_API_KEY",)  # a real Anthropic key in the caller's shell never reaches this server
+
+
+def program() -> Path | None:
+    """The pinned copy bootstrap.sh --dev installs, else a `claude` on PATH."""
+    if os.access(LOCAL_PROGRAM, os.X_OK):
+        return LOCAL_PROGRAM
+    found = shutil.which("claude")
+    return Path(found) if found else None
+
+
+def output_cap(context_size: int) -> int:
+    """CLAUDE_CODE_MAX_OUTPUT_TOKENS: a quarter of the context, at most 4,096, so the prompt keeps
+    three quarters. An answer cut at the cap makes print mode ask to continue three more times, then
+    fail with "API Error: Claude's response exceeded the N output token maximum": a model that loops
+    costs four caps of decoding, not 128,000 tokens."""
+    return min(MAX_OUTPUT_TOKENS, context_size // 4)
+
+
+def environment(
+    base_url: str, api_key: str, context_size: int, model: str, small_fast_model: str
+) -> dict[str, str]:
+    """Every model tier onto served names, the key as a variable (never an argument), a bounded answer,
+    and no traffic beyond the server (no update checks, telemetry or /api/hello probe)."""
+    return {
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_AUTH_TOKEN": api_key or "no-key-needed",
+        "ANTHROPIC_MODEL": model,
+        "ANTHROPIC_DEFAULT_FABLE_MODEL": model,
+        "ANTHROPIC_DEFAULT_OPUS_MODEL": model,
+        "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": small_fast_model,
+        "ANTHROPIC_SMALL_FAST_MODEL": small_fast_model,
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(output_cap(context_size)),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+
+
+def context_warning(model_name: str, context_size: int) -> str:
+    """'' when Claude Code's requests fit the context, else why not and the fix."""
+    needed = FIRST_PROMPT_TOKENS + output_cap(context_size)
+    if context_size >= needed:
+        return ""
+    return (
+        f"{model_name} is served with {context_size:,} tokens of context, and Claude Code needs about"
+        f" {needed:,} (its prompt plus the answer): serve a model with a larger context"
+        " (inv server.restart --model NAME --context-size N); fewer slots do not help"
+    )
+
+
+def shell_lines(env: dict[str, str]) -> list[str]:
+    """POSIX shell lines that set `env`: `eval "$(inv server.claude --print-only)"` applies them."""
+    return [f"unset {name}" for name in UNSET] + [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+
+
+def launch(claude: Path, env: dict[str, str]) -> None:
+    """Replace this process with Claude Code, interactive, in the caller's terminal and directory."""
+    inherited = {k: v for k, v in os.environ.items() if k not in UNSET}
+    os.execve(claude, [str(claude)], {**inherited, **env})

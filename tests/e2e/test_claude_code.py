@@ -1,0 +1,197 @@
+"""The real Claude Code (pinned, print mode) against the real server on the bundled model, started by
+`inv server.start` with the project's defaults, as a new user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tasks.core import claude_code, config
+from tasks.core import server as core
+from tasks.core.config import PROJECT_ROOT
+from tests.fixtures.claude_code import (
+    CONTINUE_ARGS,
+    PROMPT_ARGS,
+    Recorder,
+    Turn,
+    run_claude,
+)
+from tests.fixtures.sshd import Lab, cli
+from tests.ports import free_port
+
+KEY = "claude-test-key"
+FAILURES = (
+    "Prompt is too long",
+    "API Error",
+)  # what Claude Code prints when it gives up (it retries 5xx silently)
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    context_size: int
+    env: dict[str, str]  # what `inv` needs to see this server
+
+    def messages(self) -> dict[str, float]:
+        """/metrics' count of /v1/messages requests by status code."""
+        text = httpx.get(f"{self.url}/metrics", headers={"x-api-key": KEY}, timeout=30).text
+        found = re.findall(
+            r'^homelab_requests_total\{path="/v1/messages",status="(\d+)"\} (\S+)$', text, re.MULTILINE
+        )
+        return {status: float(count) for status, count in found}
+
+    def added(self, before: dict[str, float]) -> dict[str, float]:
+        """Requests by status since `before`: each retry Claude Code made shows here."""
+        now = self.messages()
+        return {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+
+    def claude_env(self) -> dict[str, str]:
+        tiers = config.load().server
+        return claude_code.environment(
+            self.url, KEY, self.context_size, tiers.claude_model, tiers.claude_small_fast_model
+        )
+
+
+def inv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    state = tmp_path_factory.mktemp("claude-server")
+    env = {
+        **os.environ,
+        "INVOKE_SERVER_STATE_DIR": str(state),
+        "INVOKE_SERVER_PORT": str(free_port()),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    started = inv(env, "server.start", "--api-key", KEY)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        settings = core.current(core.StateFiles(state), core.served_settings(config.load()))
+        yield Served(core.client_url(settings), settings.context_size, env)
+    finally:
+        core.stop(core.StateFiles(state), grace_s=5)
+
+
+def assert_answered(turn: Turn) -> None:
+    assert turn.returncode == 0, turn.output
+    assert turn.stdout.strip(), turn.output
+    assert not any(failure in turn.output for failure in FAILURES), turn.output
+
+
+def test_environment_is_what_claude_code_acts_on(recorder: Recorder, tmp_path: Path) -> None:
+    """Against the recorder: the tier name, the key, the output cap, and no probe or other traffic."""
+    env = claude_code.environment(recorder.url, "k 'quoted'", 8192, "claude-sonnet-5-5", "claude-haiku-5-5")
+    for args in (PROMPT_ARGS, ("--continue", *CONTINUE_ARGS)):
+        turn = run_claude(env, tmp_path / "home", tmp_path / "work", *args, timeout_s=120)
+        assert turn.returncode == 0 and turn.stdout.strip() == "hello", turn.output
+    assert [(e.method, e.path) for e in recorder.exchanges] == [("POST", "/v1/messages?beta=true")] * 2
+    first, second = recorder.exchanges
+    assert first.headers["Authorization"] == "Bearer k 'quoted'"
+    assert "x-api-key" not in {name.lower() for name in first.headers}
+    assert (first.body["model"], first.body["max_tokens"]) == ("claude-sonnet-5-5", 2048)
+    *_, answer, follow_up = second.body["messages"]  # the first turn's messages, then these two
+    assert (answer["role"], answer["content"][0]["text"]) == ("assistant", "hello")
+    assert follow_up["role"] == "user" and CONTINUE_ARGS[1] in json.dumps(follow_up)
+
+
+def test_print_mode_answers(served: Served, tmp_path: Path) -> None:
+    before = served.messages()
+    turn = run_claude(served.claude_env(), tmp_path / "home", tmp_path / "work", *PROMPT_ARGS)
+    assert_answered(turn)
+    assert served.added(before) == {"200": 1}  # one request, answered the first time
+
+
+def test_print_mode_through_the_environment_server_claude_prints(served: Served, tmp_path: Path) -> None:
+    printed = inv(served.env, "server.claude", "--print-only")
+    assert printed.returncode == 0 and not printed.stderr, printed.stderr
+    script = (
+        f'eval "$({shlex.join([sys.executable, "-m", "invoke", "server.claude", "--print-only"])})"; env -0'
+    )
+    exported = subprocess.run(
+        ["bash", "-c", script], cwd=PROJECT_ROOT, env=served.env, capture_output=True, check=True
+    ).stdout.decode()
+    env = dict(
+        line.split("=", 1) for line in exported.split("\0") if line.startswith(("ANTHROPIC", "CLAUDE"))
+    )
+    assert env == served.claude_env()
+    assert_answered(run_claude(env, tmp_path / "home", tmp_path / "work", *PROMPT_ARGS))
+
+
+def test_server_claude_launches_claude_code(served: Served, tmp_path: Path) -> None:
+    """Without a terminal, the launched Claude Code reads its prompt from stdin and answers once."""
+    (tmp_path / "work").mkdir()
+    launched = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(PROJECT_ROOT), "server.claude"],
+        cwd=tmp_path / "work",
+        env={**served.env, "HOME": str(tmp_path / "home"), "ANTHROPIC_API_KEY": "a-real-key"},
+        input="Reply with the single word: hello",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert_answered(Turn(launched.returncode, launched.stdout, launched.stderr))
+
+
+def test_second_turn_reads_most_of_its_prompt_from_the_cache(served: Served, tmp_path: Path) -> None:
+    """Both turns' wall time and time to first token are printed (pytest -rP shows them), not asserted."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    first = run_claude(served.claude_env(), home, work, *PROMPT_ARGS, "--output-format", "json")
+    assert_answered(first)
+    second = run_claude(
+        served.claude_env(), home, work, "--continue", *CONTINUE_ARGS, "--output-format", "json"
+    )
+    assert_answered(second)
+    for name, turn in (("first", first), ("second", second)):
+        result = turn.result()
+        print(f"{name} turn:", {k: result.get(k) for k in ("duration_ms", "ttft_ms", "usage")})
+    usage = second.result()["usage"]
+    prompt = usage["input_tokens"] + usage["cache_read_input_tokens"]
+    assert usage["cache_read_input_tokens"] >= 0.8 * prompt, usage
+
+
+def test_prompt_longer_than_the_context_ends_in_claude_codes_own_refusal(
+    served: Served, tmp_path: Path
+) -> None:
+    before = served.messages()
+    prompt = "Count these words: " + "homelab " * served.context_size
+    turn = run_claude(
+        served.claude_env(), tmp_path / "home", tmp_path / "work", "-p", prompt, "--max-turns", "1"
+    )
+    assert turn.returncode == 1
+    assert "Prompt is too long" in turn.output, turn.output
+    assert served.added(before) == {"400": 1}  # refused at once, and Claude Code does not ask again
+
+
+def test_claude_code_here_against_server_start_through_fab(ssh_lab: Lab, tmp_path: Path) -> None:
+    """`fab -H a server.start` on the sshd host; its `server.claude --print-only` gives the environment."""
+    lab_yaml = ssh_lab.write_config(tmp_path / "lab.yaml")
+    started = cli("fab", lab_yaml, "-H", "a", "server.start", "--api-key", KEY, timeout_s=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        printed = cli("fab", lab_yaml, "-H", "a", "server.claude", "--print-only")
+        assert printed.returncode == 0, printed.stdout + printed.stderr
+        exports = [shlex.split(line)[1] for line in printed.stdout.splitlines() if line.startswith("export ")]
+        env = dict(item.split("=", 1) for item in exports)
+        assert env["ANTHROPIC_AUTH_TOKEN"] == KEY
+        assert_answered(run_claude(env, tmp_path / "home", tmp_path / "work", *PROMPT_ARGS))
+    finally:
+        cli("fab", lab_yaml, "-H", "a", "server.stop", timeout_s=120)

@@ -1,0 +1,51 @@
+"""tasks.core.claude_code: the environment server.claude gives Claude Code, and when it warns."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tasks.core import claude_code
+
+
+def test_every_tier_maps_onto_served_names_and_the_answer_fits_the_context() -> None:
+    env = claude_code.environment("http://127.0.0.1:8080", "", 8192, "claude-sonnet-5-5", "claude-haiku-5-5")
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8080"
+    assert env["ANTHROPIC_AUTH_TOKEN"] == "no-key-needed"  # Claude Code wants some credential
+    big = (
+        "ANTHROPIC_MODEL",
+        "ANTHROPIC_DEFAULT_OPUS_MODEL",
+        "ANTHROPIC_DEFAULT_SONNET_MODEL",
+        "ANTHROPIC_DEFAULT_FABLE_MODEL",
+    )
+    assert {env[name] for name in big} == {"claude-sonnet-5-5"}
+    assert {env["ANTHROPIC_DEFAULT_HAIKU_MODEL"], env["ANTHROPIC_SMALL_FAST_MODEL"]} == {"claude-haiku-5-5"}
+    assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "2048"
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+
+
+def test_output_cap_is_a_quarter_of_the_context_at_most_4096() -> None:
+    assert [claude_code.output_cap(n) for n in (2048, 8192, 16384, 131072)] == [512, 2048, 4096, 4096]
+
+
+def test_warning_only_where_claude_codes_prompt_and_answer_do_not_fit() -> None:
+    assert claude_code.context_warning("smollm2", 8192) == ""
+    warning = claude_code.context_warning("smollm2", 4096)
+    assert warning.startswith("smollm2 is served with 4,096 tokens of context")
+    assert "serve a model with a larger context" in warning and "\n" not in warning
+
+
+def test_shell_lines_set_the_environment_exactly_when_evaluated() -> None:
+    env = claude_code.environment("http://h:1", "k $(x) 'q' \"d\"", 4096, "m", "s")
+    script = "\n".join(claude_code.shell_lines(env)) + "\nenv -0"
+    done = subprocess.run(
+        ["bash", "-c", script],
+        env={"ANTHROPIC_API_KEY": "real", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        check=True,
+    )
+    seen = dict(
+        item.split("=", 1)
+        for item in done.stdout.decode().split("\0")
+        if item.startswith(("ANTHROPIC", "CLAUDE"))
+    )
+    assert seen == env  # the key's quotes and $(...) arrive as written; ANTHROPIC_API_KEY is gone
