@@ -9,6 +9,7 @@ by token as serving will feed it.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from inference_server.toolcalls import (
     TextDelta,
     TokenConstraint,
     compile_constraint,
+    new_bitmask,
 )
 from inference_server.toolcalls.families import HERMES
 from tasks.core.catalog import get_entry, load_catalog
@@ -167,6 +169,36 @@ def test_auto_mode_computes_no_mask_for_free_text(loop):
         constraint.accept(token)
 
 
+def test_markers_that_are_special_tokens_are_matched_as_tokens(loop):
+    """Qwen's <tool_call>, Phi-4's <|tool_call|>, Mistral's [TOOL_CALLS] are single special tokens in
+    their vocabularies; SmolLM2 has none of them, so its own specials stand in, in the same family shape."""
+    family = dataclasses.replace(
+        HERMES, trigger="<|im_start|>", opener="<|im_start|>\n", closer="\n<file_sep>"
+    )
+    tok = loop.grammar_tokenizer
+    start, sep = (
+        tok.tokenize_str("<|im_start|>", parse_special=True),
+        tok.tokenize_str("<file_sep>", parse_special=True),
+    )
+    assert len(start) == len(sep) == 1 and tok.is_special_token(start[0]) and tok.is_special_token(sep[0])
+    body = tok.tokenize_str('\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n')
+    for mode in ("auto", "required"):
+        plan = ConstraintPlan("tools", tools=OPENAI, mode=mode, family=family, parallel=False)
+        constraint = compile_constraint(plan, tok)
+        text = tok.tokenize_str("Let me check.") if mode == "auto" else []
+        for token in [*text, *start, *body, *sep]:
+            constraint.accept(token)
+        assert constraint.stopped(), mode
+        # Spelled out in text the marker still opens a call in free text (a model may write it so),
+        # but where the grammar writes it, only the token will do.
+        spelled = compile_constraint(plan, tok)
+        if mode == "auto":
+            feed(spelled, loop, "Let me check.<|im_start|>")
+            assert spelled.fill_mask(new_bitmask(tok.vocab_size)), "the call is constrained from here"
+        else:
+            assert not allowed(plan, loop, "<|im_start|>")
+
+
 def test_a_finished_call_stops_the_sequence(loop):
     plan = ConstraintPlan("tools", tools=OPENAI, mode="required", family=HERMES, parallel=False)
     constraint = compile_constraint(plan, loop.grammar_tokenizer)
@@ -303,7 +335,7 @@ def test_a_hugging_face_tokenizer_masks_like_the_llama_cpp_vocabulary(loop, mlx_
     import numpy as np
     from tokenizers import Tokenizer
 
-    from inference_server.toolcalls import new_bitmask, tokenizer_from_hf
+    from inference_server.toolcalls import tokenizer_from_hf
 
     hf = tokenizer_from_hf(Tokenizer.from_file(str(mlx_smollm2_dir / "tokenizer.json")), eos_tokens=[2])
     assert hf.vocab_size == loop.grammar_tokenizer.vocab_size
