@@ -165,6 +165,8 @@ class TokenConstraint:
         matcher = self._matcher
         if matcher is None:
             return False
+        if bitmask.dtype != np.int32 or not bitmask.flags.c_contiguous:
+            raise ValueError("the bitmask must be a contiguous int32 row (new_bitmask)")
         row = bitmask.reshape(-1)
         matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.size * 4)
         self._check(matcher)
