@@ -11,6 +11,12 @@ token, so a call that starts always finishes valid.
 
 A TokenConstraint lives on the engine's worker thread: fill_mask, then sample (apply_mask), then
 accept, every step; stopped() ends the sequence when the grammar allows nothing more.
+
+Landing: with the request's max_tokens in the plan, the last LANDING_TOKENS tokens of the budget
+prefer, among the tokens the grammar allows inside a call or a JSON answer, those that end it soonest:
+inside a string a closing quote; outside, what closes an object or array (or ends the text), else a
+quote, else a comma. An answer that would have been cut off mid-string ends valid instead (a small
+model at temperature 1 can fill a string for a thousand tokens); `landed` tells that it happened.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+LANDING_TOKENS = 64  # the end of the budget where closing tokens are preferred
+
 _MATCHER_CACHE = 32  # compiled grammars kept (Claude Code sends the same tools every request)
 
 
@@ -53,6 +61,7 @@ class ConstraintPlan:
     name: str = ""  # mode "named": the one tool to call
     parallel: bool = True
     family: ToolFamily = FALLBACK
+    max_tokens: int = 0  # the request's budget, for landing; 0: no landing
 
 
 # -- tokenizers ----------------------------------------------------------------------------------
@@ -128,8 +137,21 @@ class _Lazy:
 class TokenConstraint:
     """One sequence's grammar state; used only on the engine's worker thread."""
 
-    def __init__(self, template: LLMatcher, tokenizer: LLTokenizer, lazy: _Lazy | None) -> None:
+    def __init__(
+        self,
+        template: LLMatcher,
+        tokenizer: LLTokenizer,
+        lazy: _Lazy | None,
+        *,
+        max_tokens: int = 0,
+        landing: tuple[np.ndarray, ...] = (),
+    ) -> None:
         self._template = template
+        self._land_at = max_tokens - LANDING_TOKENS if max_tokens and landing else None
+        self._landing = landing
+        self._used = 0
+        self._in_string = self._escape = False  # where the constrained JSON is, for landing
+        self.landed = False  # the budget's end made the grammar close early
         self._tokenizer = tokenizer
         self._lazy = lazy
         self._armed = lazy is None  # the grammar holds for every token from now on
@@ -143,16 +165,27 @@ class TokenConstraint:
         matcher = self._matcher
         if matcher is None:
             return False
+        if bitmask.dtype != np.int32 or not bitmask.flags.c_contiguous:
+            raise ValueError("the bitmask must be a contiguous int32 row (new_bitmask)")
         row = bitmask.reshape(-1)
         matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.size * 4)
         self._check(matcher)
+        if self._land_at is not None and self._used >= self._land_at and self._armed:
+            for tier in self._landing[:1] if self._in_string else self._landing[1:]:
+                preferred = row & tier
+                if preferred.any():
+                    row[:] = preferred
+                    self.landed = True
+                    break
         return True
 
     def accept(self, token: int) -> None:
         """Advance by a sampled token (constrained or not)."""
+        self._used += 1
         lazy = self._lazy
         if lazy is None or self._armed:
             self._consume(token)
+            self._scan(self._tokenizer.decode_bytes([token]))
         elif not lazy.trigger:
             self._accept_at_start(token)
         elif not self._free:
@@ -172,6 +205,7 @@ class TokenConstraint:
         if start:
             if start.startswith(b"{") or token == self._lazy_tag():
                 self._armed = True
+                self._scan(start)
             else:
                 self._free, self._matcher = True, None
 
@@ -185,6 +219,8 @@ class TokenConstraint:
         text = self._tail + self._tokenizer.decode_bytes([token])
         if token == lazy.trigger_token or lazy.trigger in text:
             self._armed = True
+            if token != lazy.trigger_token:
+                self._scan(text[text.index(lazy.trigger) + len(lazy.trigger) :])
             if not probing:
                 self._matcher = self._template.deep_copy()
                 opened = (
@@ -203,6 +239,18 @@ class TokenConstraint:
                 self._check(self._matcher)
         elif not risky:
             self._matcher = None
+
+    def _scan(self, data: bytes) -> None:
+        """Follow the constrained text in or out of JSON strings (only landing needs to know)."""
+        if self._land_at is None:
+            return
+        for byte in data:
+            if self._escape:
+                self._escape = False
+            elif self._in_string and byte == 0x5C:  # backslash
+                self._escape = True
+            elif byte == 0x22:  # quote
+                self._in_string = not self._in_string
 
     def _consume(self, token: int) -> None:
         matcher = self._matcher
@@ -223,6 +271,7 @@ class TokenConstraint:
 _cache_lock = threading.Lock()
 _matchers: OrderedDict[tuple[int, str], tuple[LLTokenizer, LLMatcher]] = OrderedDict()
 _risks: dict[tuple[int, bytes], tuple[LLTokenizer, frozenset[int], bool]] = {}
+_landings: dict[int, tuple[LLTokenizer, tuple[np.ndarray, ...]]] = {}
 
 
 def compile_constraint(plan: ConstraintPlan, tokenizer: LLTokenizer) -> TokenConstraint:
@@ -235,7 +284,8 @@ def compile_constraint(plan: ConstraintPlan, tokenizer: LLTokenizer) -> TokenCon
         special = _special_token(plan.family.trigger or plan.family.start_tag, tokenizer)
         risky, anywhere = _risky_prefixes(trigger, tokenizer) if trigger else (frozenset(), False)
         lazy = _Lazy(trigger, special, risky, anywhere)
-    return TokenConstraint(template, tokenizer, lazy)
+    landing = _landing_masks(tokenizer) if plan.max_tokens else ()
+    return TokenConstraint(template, tokenizer, lazy, max_tokens=plan.max_tokens, landing=landing)
 
 
 def _matcher(grammar: str, tokenizer: LLTokenizer) -> LLMatcher:
@@ -332,6 +382,35 @@ def _special_token(text: str, tokenizer: LLTokenizer) -> int | None:
         return None
     tokens = tokenizer.tokenize_str(text, parse_special=True)
     return tokens[0] if len(tokens) == 1 and tokenizer.is_special_token(tokens[0]) else None
+
+
+def _landing_masks(tokenizer: LLTokenizer) -> tuple[np.ndarray, ...]:
+    """The landing tiers as masks (cached per tokenizer). In a string: tokens that begin with a quote
+    and hold only closing bytes. Outside: tokens of `"}]` that hold a `}` or `]`, and the end tokens;
+    tokens of `"` alone; tokens of `, ` that hold a `,`."""
+    hit = _landings.get(id(tokenizer))
+    if hit is not None:
+        return hit[1]
+    masks = [np.zeros((tokenizer.vocab_size + 31) // 32, dtype=np.uint32) for _ in range(4)]
+    ends = set(tokenizer.eos_tokens)
+    closing = set(b'"}], ')
+    for token in range(tokenizer.vocab_size):
+        raw = tokenizer.decode_bytes([token])
+        piece = set(raw)
+        tiers = []
+        if raw.startswith(b'"') and piece <= closing:
+            tiers.append(0)
+        if token in ends or (piece and piece <= set(b'"}]') and piece & set(b"}]")):
+            tiers.append(1)
+        elif piece and piece <= set(b'"'):
+            tiers.append(2)
+        elif piece and piece <= set(b", ") and ord(",") in piece:
+            tiers.append(3)
+        for tier in tiers:
+            masks[tier][token // 32] |= np.uint32(1 << (token % 32))
+    words = tuple(mask.view(np.int32) for mask in masks)
+    _landings[id(tokenizer)] = (tokenizer, words)
+    return words
 
 
 def _risky_prefixes(trigger: bytes, tokenizer: LLTokenizer) -> tuple[frozenset[int], bool]:
