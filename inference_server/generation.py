@@ -276,7 +276,8 @@ class Generation:
         limit = self.engine.info.context_size - 1
         if len(tokens) > limit:
             raise ContextLengthError(len(tokens), limit)
-        constraint, parser = await self._constraint(plan)
+        room = self.engine.info.context_size - len(tokens)
+        constraint, parser = await self._constraint(plan, min(params.max_tokens or room, room))
         try:
             await self.admission.acquire()
         except QueueFull as exc:
@@ -300,13 +301,15 @@ class Generation:
             raise
         return Stream(self, chunks, first, len(tokens), stops, parser, started)
 
-    async def _constraint(self, plan: Any) -> tuple[TokenConstraint | None, CallParser]:
+    async def _constraint(self, plan: Any, budget: int) -> tuple[TokenConstraint | None, CallParser]:
+        """The plan compiled for this model's tool format; `budget` (the answer's most tokens) lets the
+        grammar close what it has open before the budget ends."""
         if plan is None:
             return None, _PlainText()
         from inference_server import toolcalls
 
         family = toolcalls.family_for_template(self.engine.template_source)
-        plan = replace(plan, family=family)
+        plan = replace(plan, family=family, max_tokens=budget)
         tokenizer = await asyncio.to_thread(self.engine.grammar_tokenizer)
         try:
             constraint = await asyncio.to_thread(toolcalls.compile_constraint, plan, tokenizer)

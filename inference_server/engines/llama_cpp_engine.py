@@ -604,8 +604,8 @@ class _Worker:
             return
         request.completion_tokens += 1
         piece = self.pieces.get(token)
-        if piece is None:
-            piece = self.pieces[token] = self._piece(token)
+        if piece is None:  # control tokens as text too: some families open a tool call with one
+            piece = self.pieces[token] = self._piece(token, special=True)
         text = request.decoder.decode(piece)
         if text:
             self.outbox.append((request, Chunk(text)))
