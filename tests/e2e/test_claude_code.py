@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.core import claude_code, config
+from tasks.core import claude_code, config, server_state
 from tasks.core import server as core
 from tasks.core.config import PROJECT_ROOT
 from tests.fixtures.claude_code import (
@@ -84,11 +84,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     }
     started = inv(env, "server.start", "--api-key", KEY)
     assert started.returncode == 0, started.stdout + started.stderr
+    files = server_state.StateFiles(state)
     try:
-        settings = core.current(core.StateFiles(state), core.served_settings(config.load()))
-        yield Served(core.client_url(settings), settings.context_size, env)
+        endpoint = server_state.endpoint(files, config.load().server)
+        yield Served(endpoint.url, endpoint.context_size, env)
     finally:
-        core.stop(core.StateFiles(state), grace_s=5)
+        core.stop(files, grace_s=5)
 
 
 def assert_answered(turn: Turn) -> None:
