@@ -110,6 +110,7 @@ class _Slot:
     request: _Request | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not decoded yet
     next_token: int | None = None  # sampled, to be decoded next step
+    paused: bool = False  # an elastic request waiting for room in the cache to grow
     last_used: int = 0
 
 
@@ -158,6 +159,7 @@ class LlamaCppEngine:
         self._template: ChatTemplate | None = None
         self._template_source: str | None = None
         self._vocab: Any = None
+        self._model: Any = None  # freed by close(), after the worker: see _Worker.shut_down
         self._grammar_tokenizer: Any = None
         self._bos_text = ""
         self._eos_text = ""
@@ -216,6 +218,8 @@ class LlamaCppEngine:
         if not self.healthy():
             raise self._not_running()
         tokens = tokens or self.tokenize(self._bos_text)
+        if not tokens:
+            raise EngineError("the prompt is empty and the model has no BOS token to start from")
         if len(tokens) + 1 > self.context_size:
             raise PromptTooLong(len(tokens), self.context_size - 1)
         request = _Request(tokens, params, asyncio.get_running_loop(), constraint)
@@ -234,6 +238,12 @@ class LlamaCppEngine:
             return
         self._inbox.put(None)
         self._thread.join()
+        with self._vocab_lock:
+            if self._model is not None:
+                import llama_cpp
+
+                llama_cpp.llama_model_free(self._model)
+                self._model = None
 
     def kill_worker(self, reason: str) -> None:
         """Make the worker die as it would on a fatal llama.cpp error: streams in flight end with
@@ -349,6 +359,7 @@ class _Worker:
             engine._template_source, bos_token=engine._bos_text, eos_token=engine._eos_text
         )
         engine._vocab = self.vocab
+        engine._model = self.model
         engine.context_size = self.n_ctx
         engine.info = EngineInfo(engine.info.model, engine.info.engine, self.n_ctx, engine.info.extra)
         self._warm_up(max(bos, 0))
@@ -437,8 +448,8 @@ class _Worker:
                 self.waiting.pop(0)
                 continue
             free = [slot for slot in self.slots if slot.request is None]
-            if not free:
-                return
+            if not free or any(slot.paused for slot in self.slots):
+                return  # a running request waiting for room comes before new ones
             reserved, firm = self._reservation(request)
             active = sum(s.request.reserved for s in self.slots if s.request is not None)
             if active + reserved > self.n_ctx:
@@ -457,16 +468,14 @@ class _Worker:
         slot, keep = self._pick_slot(free, request.tokens)
         if len(slot.cached) - keep >= MIN_SAVED_TOKENS:
             self._save(slot)
-        keep = min(keep, len(request.tokens) - 1)
-        self._trim(slot, keep)
+        keep = self._trim(slot, min(keep, len(request.tokens) - 1))
         request.reserved, request.firm = reserved, firm
         slot.request = request
         self._make_room(spare=slot)
         saved, shared = self.store.best(request.tokens)
         fits = self._committed() - reserved + len(saved.tokens) <= self.n_ctx if saved else False
         if saved is not None and shared > keep and fits:
-            keep = min(self._restore(slot, saved, shared), len(request.tokens) - 1)
-            self._trim(slot, keep)
+            keep = self._trim(slot, min(self._restore(slot, saved, shared), len(request.tokens) - 1))
         slot.pending = request.tokens[keep:]
         slot.next_token = None
         slot.last_used = next(self.clock)
@@ -474,14 +483,18 @@ class _Worker:
         request.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         request.sampler = self._sampler(request.params)
 
-    def _trim(self, slot: _Slot, keep: int) -> None:
+    def _trim(self, slot: _Slot, keep: int) -> int:
+        """Keep the first `keep` cached tokens; a memory that cannot cut a sequence short (recurrent
+        models) drops it whole. Returns how many were kept."""
         if not self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1):
             self.ll.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
             keep = 0
         del slot.cached[keep:]
+        return keep
 
     def _grow(self, slot: _Slot) -> bool:
-        """Room for one more token of an elastic request, or False when the cache has none left."""
+        """Room for one more token, growing an elastic request's reservation; False while the cache
+        has none left (the request pauses until it has)."""
         request = slot.request
         assert request is not None
         if len(slot.cached) < request.reserved:
@@ -545,10 +558,11 @@ class _Worker:
         for slot in self.slots:
             if slot.request is not None and slot.request.cancelled:
                 self._finish(slot, "cancelled")
+        self._resume()
         n = 0
         sample_at: list[tuple[_Slot, int]] = []
         for slot in self.slots:
-            if slot.request is not None and slot.next_token is not None:
+            if slot.request is not None and slot.next_token is not None and not slot.paused:
                 self._add(n, slot.next_token, len(slot.cached), slot.seq_id, logits=True)
                 slot.cached.append(slot.next_token)
                 slot.next_token = None
@@ -576,6 +590,17 @@ class _Worker:
             except Exception as exc:  # its constraint failed: that request ends, the batch goes on
                 log.exception("sampling failed")
                 self._finish(slot, "error", str(exc))
+
+    def _resume(self) -> None:
+        """Paused requests go on once the cache has room again. When every running request is
+        paused, none will free room: the one holding the most gives it up (finish "length")."""
+        running = [s for s in self.slots if s.request is not None]
+        for slot in running:
+            if slot.paused and self._grow(slot):
+                slot.paused = False
+        paused = [s for s in running if s.paused]
+        if paused and len(paused) == len(running):
+            self._finish(max(paused, key=lambda s: len(s.cached)), "length")
 
     def _add(self, i: int, token: int, pos: int, seq_id: int, *, logits: bool) -> None:
         batch = self.batch
@@ -617,10 +642,13 @@ class _Worker:
             self.outbox.append((request, Chunk(text)))
         if constraint is not None and constraint.stopped():
             self._finish(slot, "stop")
-        elif request.completion_tokens >= (request.params.max_tokens or self.n_ctx) or not self._grow(slot):
+        elif request.completion_tokens >= (request.params.max_tokens or self.n_ctx):
             self._finish(slot, "length")
+        elif len(slot.cached) >= self.n_ctx:
+            self._finish(slot, "length")  # the context is full
         else:
             slot.next_token = token
+            slot.paused = not self._grow(slot)
 
     def _finish(self, slot: _Slot, reason: FinishReason, error: str = "") -> None:
         request = slot.request
@@ -645,6 +673,7 @@ class _Worker:
             request.sampler = None
         slot.request = None
         slot.next_token = None
+        slot.paused = False
         slot.pending = []
 
     def _flush(self) -> None:
@@ -663,7 +692,8 @@ class _Worker:
                     request.cancelled = True
 
     def shut_down(self, reason: FinishReason, orphans: list[_Request]) -> None:
-        """End every stream with `reason` and free llama.cpp's memory."""
+        """End every stream with `reason` and free the context. The model stays until the engine's
+        close(): the grammar tokenizer reads its vocabulary from other threads."""
         for slot in self.slots:
             if slot.request is not None:
                 self._finish(slot, reason)
@@ -673,7 +703,6 @@ class _Worker:
         self._flush()
         self.ll.llama_batch_free(self.batch)
         self.ll.llama_free(self.ctx)
-        self.ll.llama_model_free(self.model)
 
 
 _NOTHING: Any = object()

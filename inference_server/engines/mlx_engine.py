@@ -44,6 +44,7 @@ class _Request:
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
     constraint: TokenConstraint | None = None
+    failure: str = ""  # set on the worker when its constraint fails
     chunks: asyncio.Queue[Chunk] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -73,6 +74,7 @@ class MlxEngine:
         self._tokenizer: Any = None
         self._template: ChatTemplate | None = None
         self._grammar_tokenizer: Any = None
+        self._encode_lock = threading.Lock()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -114,7 +116,8 @@ class MlxEngine:
         if self._grammar_tokenizer is None:
             from inference_server.toolcalls import tokenizer_from_hf
 
-            self._grammar_tokenizer = tokenizer_from_hf(self._ready_tokenizer())
+            vocab = getattr(getattr(self._model, "args", None), "vocab_size", None)  # logits width
+            self._grammar_tokenizer = tokenizer_from_hf(self._ready_tokenizer(), n_vocab=vocab)
         return self._grammar_tokenizer
 
     async def generate(
@@ -146,9 +149,10 @@ class MlxEngine:
         tokenizer = self._ready_tokenizer()
         bos = tokenizer.bos_token
         ids: list[int] = []
-        for i, (text, client_text) in enumerate(spans):
-            add_bos = i == 0 and not (bos and text.startswith(bos))
-            ids += tokenizer.encode(text, add_special_tokens=add_bos, split_special_tokens=client_text)
+        with self._encode_lock:  # transformers flips a flag shared by every encode for split_special_tokens
+            for i, (text, client_text) in enumerate(spans):
+                add_bos = i == 0 and not (bos and text.startswith(bos))
+                ids += tokenizer.encode(text, add_special_tokens=add_bos, split_special_tokens=client_text)
         return ids
 
     def close(self) -> None:
@@ -223,7 +227,7 @@ class _Batch:
             request.send(Chunk("", reason, prompt_tokens=len(request.prompt), error="empty prompt"))
             return
         try:
-            processors = [_masker(request.constraint)] if request.constraint is not None else []
+            processors: list[Any] = [_Masker(request)] if request.constraint is not None else []
             [uid] = self._generator.insert(
                 [request.prompt],
                 [budget],
@@ -255,7 +259,11 @@ class _Batch:
             return
         for response in responses:
             active = self._active[response.uid]
-            if response.finish_reason is None:
+            if active.request.failure:  # its grammar failed inside the step: it alone ends
+                self._generator.remove([response.uid])
+                del self._active[response.uid]
+                active.finish("error")
+            elif response.finish_reason is None:
                 active.add(response.token)
                 if active.request.constraint is not None and active.request.constraint.stopped():
                     self._generator.remove([response.uid])
@@ -279,8 +287,6 @@ class _Active:
     completed: int = 0
 
     def add(self, token: int, *, send: bool = True) -> None:
-        if self.request.constraint is not None:
-            self.request.constraint.accept(token)
         self.detokenizer.add_token(token)
         self.completed += 1
         if send and (text := self.detokenizer.last_segment):
@@ -290,23 +296,49 @@ class _Active:
         self.detokenizer.finalize()
         prompt_tokens = len(self.request.prompt)
         text = self.detokenizer.last_segment if reason != "cancelled" else ""
-        self.request.send(Chunk(text, reason, prompt_tokens=prompt_tokens, completion_tokens=self.completed))
+        self.request.send(
+            Chunk(
+                text,
+                reason,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=self.completed,
+                error=self.request.failure,
+            )
+        )
 
 
-def _masker(constraint: TokenConstraint) -> Callable[[Any, Any], Any]:
-    """A logits processor: the constraint's allowed tokens, the rest at -inf."""
-    import mlx.core as mx
-    import numpy as np
+class _Masker:
+    """The request's constraint as an mlx-lm logits processor. mlx-lm computes step t+1's logits
+    before it returns token t, so the processor itself accepts each sampled token (the last of its
+    context) before masking the next; by the time a token is handed back, the grammar has seen it.
+    A grammar error marks the request failed instead of raising into the shared batch."""
 
-    def mask(tokens: Any, logits: Any) -> Any:
-        bitmask = new_bitmask(logits.shape[-1])
-        if not constraint.fill_mask(bitmask):
+    def __init__(self, request: _Request) -> None:
+        assert request.constraint is not None
+        self.request = request
+        self.constraint = request.constraint
+        self.started = False
+
+    def __call__(self, context: Any, logits: Any) -> Any:
+        import mlx.core as mx
+        import numpy as np
+
+        if self.request.failure:
+            return logits
+        try:
+            if self.started:  # the first call's context ends with the prompt, not a sampled token
+                self.constraint.accept(int(context[-1].item()))
+            self.started = True
+            bitmask = new_bitmask(logits.shape[-1])
+            if not self.constraint.fill_mask(bitmask):
+                return logits
+        except Exception as exc:
+            _log.exception("MLX constraint failed")
+            self.request.failure = str(exc) or type(exc).__name__
             return logits
         row = np.array(logits.astype(mx.float32)).reshape(-1)
         apply_mask(row, bitmask)
         return mx.array(row).reshape(logits.shape).astype(logits.dtype)
-
-    return mask
 
 
 def _sampler(params: SamplingParams) -> Callable[[Any], Any]:

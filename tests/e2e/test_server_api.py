@@ -452,3 +452,37 @@ def test_what_the_server_cannot_honour_is_a_400_naming_the_field(
     error = refused.json()["error"]
     assert named in error["message"]
     assert ("type" in refused.json()) == path.startswith("/v1/messages")
+
+
+def test_a_client_that_gives_up_while_queued_leaves_the_queue_at_once(
+    inference_server: RunningServer,
+) -> None:
+    """Both slots busy, one request queued: its client hanging up frees its place in the queue
+    while the two streams still run, so the next request queues instead of being refused."""
+    url, headers = inference_server.url, auth(inference_server)
+    request = {"model": "smollm2", "max_tokens": 900, "stream": True, "messages": LONG_ANSWER}
+    queued = {"model": "smollm2", "max_tokens": 4, "messages": QUESTION}
+
+    async def scenario() -> int:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=TIMEOUT) as client:
+            streams = [client.stream("POST", "/v1/chat/completions", json=request) for _ in range(2)]
+            opened = [await s.__aenter__() for s in streams]
+            assert all(o.status_code == 200 for o in opened)
+            async with httpx.AsyncClient(base_url=url, headers=headers) as impatient:
+                waiting = asyncio.create_task(impatient.post("/v1/chat/completions", json=queued))
+                deadline = time.monotonic() + TIMEOUT
+                while metric(inference_server, "homelab_queue_depth") < 1:
+                    assert time.monotonic() < deadline, "the request never queued"
+                    await asyncio.sleep(0.05)
+                waiting.cancel()  # the client hangs up
+                await asyncio.gather(waiting, return_exceptions=True)
+            while metric(inference_server, "homelab_queue_depth") > 0:
+                assert time.monotonic() < deadline, "the abandoned request kept its place in the queue"
+                await asyncio.sleep(0.05)
+            assert metric(inference_server, "homelab_active_requests") == 2, "a stream ended too soon"
+            again = asyncio.create_task(client.post("/v1/chat/completions", json=queued))
+            for stream in streams:
+                await stream.__aexit__(None, None, None)
+            return (await again).status_code
+
+    assert asyncio.run(scenario()) == 200
