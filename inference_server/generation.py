@@ -25,6 +25,7 @@ from inference_server.engines.base import (
     EngineError,
     PromptTooLong,
     SamplingParams,
+    TemplateRefused,
     TokenConstraint,
     ToolSpec,
 )
@@ -258,6 +259,8 @@ class Generation:
             if isinstance(prompt, ChatPrompt):
                 return await asyncio.to_thread(self.engine.chat_tokens, prompt.messages, prompt.tools)
             return await asyncio.to_thread(self.engine.tokenize, prompt)
+        except TemplateRefused as exc:
+            raise ApiError("invalid_request", str(exc)) from None
         except EngineError as exc:
             raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
 
@@ -286,8 +289,8 @@ class Generation:
         try:
             chunks = self.engine.generate(tokens, params, constraint)
             first = await anext(aiter(chunks))
-            if first.finish_reason == "error":
-                raise EngineError(first.error or "the engine failed this request")
+            if first.finish_reason == "error":  # this request alone failed (its grammar, its sampler)
+                raise ApiError("server", f"generation failed: {first.error or 'see the server log'}")
         except BaseException as exc:
             try:
                 if chunks is not None:
@@ -308,9 +311,12 @@ class Generation:
             return None, _PlainText()
         from inference_server import toolcalls
 
-        family = toolcalls.family_for_template(self.engine.template_source)
+        try:
+            family = toolcalls.family_for_template(self.engine.template_source)
+            tokenizer = await asyncio.to_thread(self.engine.grammar_tokenizer)
+        except EngineError as exc:
+            raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
         plan = replace(plan, family=family, max_tokens=budget)
-        tokenizer = await asyncio.to_thread(self.engine.grammar_tokenizer)
         try:
             constraint = await asyncio.to_thread(toolcalls.compile_constraint, plan, tokenizer)
         except Exception as exc:  # check_schema passed, so the grammar library refused what it got

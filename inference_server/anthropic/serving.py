@@ -32,7 +32,7 @@ from inference_server.calls import (
     tool_spec,
 )
 from inference_server.engines.base import ChatMessage, EngineError, SamplingParams, ToolCall, ToolSpec
-from inference_server.errors import body
+from inference_server.errors import ApiError, body
 from inference_server.generation import ChatPrompt, Outcome
 from inference_server.runtime import Runtime
 from inference_server.streaming import HOLE, EventStream, filler, sse, unless_disconnected
@@ -306,6 +306,8 @@ class AnthropicServing:
             return EventStream(reply.events(stream), on_close=stream.aclose)
         try:
             return await unless_disconnected(request, reply.message(stream))
+        except EngineError as exc:  # the answer had started: a server-side failure, in the envelope
+            raise ApiError("server", f"generation failed: {exc}") from None
         finally:
             await stream.aclose()
 

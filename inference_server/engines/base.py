@@ -77,6 +77,10 @@ class EngineError(Exception):
     """The engine cannot serve: not loaded, worker dead, or prompt too long."""
 
 
+class TemplateRefused(EngineError):
+    """The model's chat template refused these messages (`raise_exception`): the client's to fix."""
+
+
 class PromptTooLong(EngineError):
     def __init__(self, prompt_tokens: int, limit: int) -> None:
         self.prompt_tokens = prompt_tokens

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
-from inference_server.engines.base import ChatMessage, EngineError, ToolSpec
+from inference_server.engines.base import ChatMessage, TemplateRefused, ToolSpec
 from inference_server.toolcalls.families import (
     FALLBACK,
     ToolFamily,
@@ -39,7 +39,7 @@ CHATML = (
 
 
 def _raise_exception(message: str) -> NoReturn:
-    raise EngineError(f"chat template: {message}")
+    raise TemplateRefused(f"the model's chat template refuses these messages: {message}")
 
 
 def _tojson(value: Any, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
@@ -83,7 +83,7 @@ class ChatTemplate:
                 **extra,
             )
         except TemplateError as exc:
-            raise EngineError(f"chat template: {exc}") from None
+            raise TemplateRefused(f"the model's chat template failed on these messages: {exc}") from None
 
 
 def _native_tool(tool: ToolSpec) -> dict[str, Any]:

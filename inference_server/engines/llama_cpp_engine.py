@@ -42,7 +42,7 @@ from inference_server.engines.base import (
 )
 from inference_server.engines.chat_template import ChatTemplate
 from inference_server.engines.prefix_store import PrefixStore, SavedPrefix, common_prefix
-from inference_server.engines.untrusted import split_untrusted
+from inference_server.engines.untrusted import chat_spans
 from inference_server.toolcalls.constraint import apply_mask, new_bitmask
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ class LlamaCppEngine:
         self._grammar_tokenizer: Any = None
         self._bos_text = ""
         self._eos_text = ""
+        self._special_texts: list[str] = []  # what special-token parsing would read as a token
 
     # -- the Engine protocol, called from the event loop or the server's threads -------------------
 
@@ -189,8 +190,7 @@ class LlamaCppEngine:
         return self._tokenize([(text, False)])
 
     def chat_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> list[int]:
-        rendered = self.render_chat(messages, tools)
-        return self._tokenize(split_untrusted(rendered, [m.content for m in messages]))
+        return self._tokenize(chat_spans(self.render_chat, messages, tools, self._special_texts))
 
     def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
         if self._template is None:
@@ -355,6 +355,12 @@ class _Worker:
         engine._bos_text = self._piece(bos, special=True).decode(errors="replace") if bos >= 0 else ""
         engine._eos_text = self._piece(eos, special=True).decode(errors="replace") if eos >= 0 else ""
         engine._template_source = self._metadata("tokenizer.chat_template")
+        parsed = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        engine._special_texts = [
+            self._piece(t, special=True).decode(errors="replace")
+            for t in range(self.n_vocab)
+            if llama_cpp.llama_vocab_get_attr(self.vocab, t) & parsed
+        ]
         engine._template = ChatTemplate(
             engine._template_source, bos_token=engine._bos_text, eos_token=engine._eos_text
         )

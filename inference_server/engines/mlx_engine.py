@@ -31,7 +31,7 @@ from inference_server.engines.base import (
     ToolSpec,
 )
 from inference_server.engines.chat_template import ChatTemplate
-from inference_server.engines.untrusted import split_untrusted
+from inference_server.engines.untrusted import chat_spans
 from inference_server.toolcalls.constraint import apply_mask, new_bitmask
 
 _log = logging.getLogger(__name__)
@@ -98,8 +98,8 @@ class MlxEngine:
         return self._encode([(text, False)])
 
     def chat_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> list[int]:
-        rendered = self.render_chat(messages, tools)
-        return self._encode(split_untrusted(rendered, [m.content for m in messages]))
+        specials = [str(t) for t in getattr(self._ready_tokenizer(), "added_tokens_decoder", {}).values()]
+        return self._encode(chat_spans(self.render_chat, messages, tools, specials))
 
     def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
         """The model's own template through the same renderer as the GGUF engine, so both write

@@ -253,6 +253,8 @@ class OpenAIServing:
             return EventStream(reply.chunks(stream, include_usage), on_close=stream.aclose)
         try:
             return await unless_disconnected(request, reply.completion(stream))
+        except EngineError as exc:  # the answer had started: a server-side failure, in the envelope
+            raise ApiError("server", f"generation failed: {exc}") from None
         finally:
             await stream.aclose()
 
