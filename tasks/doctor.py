@@ -36,8 +36,8 @@ def check(
     from tasks.core.errors import HomelabError
 
     report = doctor.doctor(c.config, fast=fast, fix=fix, dry_run=dry_run, hosts=hosts)
-    if json:
-        say(json_lib.dumps(report.to_json(), indent=1), markup=False)
+    if json:  # the report itself, on stdout for scripts; plain print: rich would add nothing here
+        print(json_lib.dumps(report.to_json(), indent=1), flush=True)
     else:
         rows = [
             (

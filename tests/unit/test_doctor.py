@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tasks.core import config, doctor
+from tasks.core import config, config_file, doctor
 from tasks.core.errors import HomelabError
 from tests.ports import free_port
 
@@ -55,9 +55,9 @@ def _settings(project_config: dict[str, Any], tmp_path: Path) -> config.Settings
 
 def _run(checks: list[doctor.Check], root: Path, state: Path, **kwargs: Any) -> doctor.Report:
     settings = config.load()
-    inputs = doctor.Inputs(root, settings)
+    fingerprint = doctor.Inputs(root, settings).fingerprint
     limits = {"lock_timeout_s": 0, "keep_logs": settings.doctor.keep_logs}
-    return doctor.run_checks(checks, inputs, state, kwargs.pop("ttl", TTL), **{**limits, **kwargs})
+    return doctor.run_checks(checks, fingerprint, state, kwargs.pop("ttl", TTL), **{**limits, **kwargs})
 
 
 def test_fast_rerun_reuses_passing_results(tmp_path: Path, root: Path) -> None:
@@ -319,3 +319,8 @@ def test_option_shaped_inventory_host_runs_nothing_even_past_validation(
     (result,) = _run([check], ROOT, tmp_path / "state", fast=False).results
     assert not pwned.exists()
     assert result.status == "fail" and "cannot connect over SSH" in result.detail
+
+
+def test_replay_key_reads_every_section_that_validation_reads() -> None:
+    """A section the key missed could change the settings while `doctor --fast` replays the old ones."""
+    assert tuple(config.Settings.model_fields) == config_file.SECTIONS
