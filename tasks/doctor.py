@@ -32,18 +32,18 @@ def check(
     import json as json_lib
 
     from tasks.core import doctor
-    from tasks.core.console import print_table, say
+    from tasks.core.console import messages, print_table, say, styled
     from tasks.core.errors import HomelabError
 
     report = doctor.doctor(c.config, fast=fast, fix=fix, dry_run=dry_run, hosts=hosts)
-    if json:
-        say(json_lib.dumps(report.to_json(), indent=1), markup=False)
+    if json:  # the report itself, on stdout for scripts; plain print: rich would add nothing here
+        print(json_lib.dumps(report.to_json(), indent=1), flush=True)
     else:
         rows = [
             (
                 r.phase,
                 r.name,
-                f"[{STATUS_STYLE[r.status]}]{r.status}[/]",
+                styled(r.status, STATUS_STYLE[r.status]),
                 "cached" if r.cached else f"{r.seconds:.2f}s",
                 "\n".join([r.detail, *r.actions]),
             )
@@ -54,7 +54,7 @@ def check(
         for note in report.notes:
             say(note)
         summary = f"{len(report.results)} checks ({cached} from cache) in {report.seconds:.2f}s"
-        say(f"{summary}; log: {report.log_file}", markup=False)
+        print(f"{summary}; log: {report.log_file}", file=messages(), flush=True)  # as say(markup=False)
     if not report.ok:
         failed = [r.name for r in report.results if r.status == "fail"]
         raise HomelabError(

@@ -6,25 +6,24 @@ the merged configuration is an error that names it rather than a silent second d
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from tasks.core.config_file import CONFIG_FILE, PROJECT_ROOT, read_yaml
+from tasks.core.config_file import (
+    CONFIG_FILE,
+    PROJECT_ROOT,  # noqa: F401 (re-exported: config.PROJECT_ROOT)
+    expand_path,
+    read_yaml,
+    sections,
+)
 from tasks.core.errors import ConfigError
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _expand(value: str) -> Path:
-    path = Path(os.path.expandvars(os.path.expanduser(value)))
-    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 class ModelsSettings(Section):
@@ -36,7 +35,7 @@ class ModelsSettings(Section):
     converted_dir: Path
 
     _paths = field_validator("catalog", "cache_dir", "converted_dir", mode="before")(
-        lambda v: _expand(str(v))
+        lambda v: expand_path(str(v))
     )
 
 
@@ -67,8 +66,10 @@ class ServerConfig(Section):
     chat_temperature: float = Field(ge=0, le=2)
     chat_max_tokens: int = Field(ge=0)
 
-    _paths = field_validator("state_dir", mode="before")(lambda v: _expand(str(v)))
-    _key_file = field_validator("api_key_file", mode="before")(lambda v: str(_expand(str(v))) if v else "")
+    _paths = field_validator("state_dir", mode="before")(lambda v: expand_path(str(v)))
+    _key_file = field_validator("api_key_file", mode="before")(
+        lambda v: str(expand_path(str(v))) if v else ""
+    )
 
 
 SSH_NAME_RULE = "must not start with '-' or hold spaces or control characters"
@@ -106,14 +107,14 @@ class RemoteSettings(Section):
     connect_timeout_s: float = Field(gt=0)
     repo_url: str
 
-    _paths = field_validator("known_hosts", mode="before")(lambda v: _expand(str(v)))
+    _paths = field_validator("known_hosts", mode="before")(lambda v: expand_path(str(v)))
 
 
 class GitSettings(Section):
     repo: Path
     log_count: int = Field(ge=1)
 
-    _paths = field_validator("repo", mode="before")(lambda v: _expand(str(v)))
+    _paths = field_validator("repo", mode="before")(lambda v: expand_path(str(v)))
 
 
 class TestSettings(Section):
@@ -136,7 +137,7 @@ class DoctorSettings(Section):
     ssh_timeout_s: float = Field(gt=0)
     min_free_disk_mb: int = Field(ge=0)
 
-    _paths = field_validator("state_dir", mode="before")(lambda v: _expand(str(v)))
+    _paths = field_validator("state_dir", mode="before")(lambda v: expand_path(str(v)))
 
 
 class Settings(Section):
@@ -161,21 +162,10 @@ def _describe(error: Any) -> str:
 
 def validate(config: Any) -> Settings:
     """Build Settings from the merged invoke configuration (a Context's config or a plain dict)."""
-    sections = {name: _plain(config.get(name)) for name in Settings.model_fields}
-    sections = {k: v for k, v in sections.items() if v is not None}
     try:
-        return Settings.model_validate(sections)
+        return Settings.model_validate(sections(config))
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0])) from None
-
-
-def _plain(value: Any) -> Any:
-    """Invoke's DataProxy objects to plain dicts and lists, so pydantic sees ordinary data."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def load(config: Any = None) -> Settings:

@@ -5,6 +5,7 @@ invoke cannot cast. No pydantic here: the collection calls `check_env_overrides`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,28 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILE = PROJECT_ROOT / "invoke.yaml"
 
 _KINDS = {int: "a whole number", float: "a number"}
+SECTIONS = ("models", "server", "hosts", "remote", "git", "test", "doctor")  # config.Settings' fields
+
+
+def expand_path(value: str) -> Path:
+    """A path setting as every reader takes it: `~` and $VARS expanded, relative to this checkout."""
+    path = Path(os.path.expandvars(os.path.expanduser(value)))
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def plain(value: Any) -> Any:
+    """Invoke's DataProxy objects to plain dicts and lists, so validation and digests see ordinary data."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def sections(config: Any) -> dict[str, Any]:
+    """The settings sections of the merged invoke configuration (a Context's config or a plain dict)."""
+    found = {name: plain(config.get(name)) for name in SECTIONS}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def check_env_overrides(prefix: str, environ: Mapping[str, str]) -> None:

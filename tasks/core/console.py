@@ -72,6 +72,53 @@ def confirm(question: str, assume_yes: bool = False) -> bool:
     return answer.strip().lower() in {"y", "yes"}
 
 
+def styled(text: str, style: str) -> str:
+    """`text` in a rich `style` at a terminal; through a pipe, where rich would print it bare, bare."""
+    return f"[{style}]{text}[/]" if sys.stdout.isatty() else text
+
+
+def _plain_table(title: str, columns: list[str], rows: list[list[str]]) -> str | None:
+    """The table exactly as rich draws it through a pipe (natural width, no styles), without importing
+    rich; None when rich would read a cell differently (markup, tabs, wide or control characters)."""
+    texts = [*columns, *(cell for row in rows for cell in row)]
+    if not rows or any(not _one_cell_per_char(text) for text in texts):
+        return None
+    lines = [[cell.split("\n") for cell in row] for row in rows]
+    widths = [
+        max(len(line) for cell in column for line in cell)
+        for column in zip([[c] for c in columns], *lines, strict=True)
+    ]
+
+    def rule(left: str, line: str, middle: str, right: str) -> str:
+        return left + middle.join(line * (w + 2) for w in widths) + right
+
+    def row_lines(cells: list[list[str]], edge: str) -> list[str]:
+        height = max(len(cell) for cell in cells)
+        padded = [[*cell, *[""] * (height - len(cell))] for cell in cells]
+        parts = zip(*padded, strict=True)
+        return [
+            edge + edge.join(f" {t.ljust(w)} " for t, w in zip(p, widths, strict=True)) + edge for p in parts
+        ]
+
+    out = [title.ljust(sum(widths) + 3 * len(widths) + 1), rule("┏", "━", "┳", "┓")]
+    out += row_lines([[c] for c in columns], "┃")
+    out.append(rule("┡", "━", "╇", "┩"))
+    for cells in lines:
+        out += row_lines(cells, "│")
+    out.append(rule("└", "─", "┴", "┘"))
+    return "\n".join(out)
+
+
+def _one_cell_per_char(text: str) -> bool:
+    import unicodedata
+
+    if "[" in text or any(ch < " " and ch != "\n" for ch in text):
+        return False
+    return text.isascii() or all(
+        unicodedata.east_asian_width(ch) not in "WF" and not unicodedata.combining(ch) for ch in text
+    )
+
+
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A table on stdout (or one JSON object, `{"table": title, "rows": [{column: cell}]}`).
 
@@ -82,6 +129,11 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     if _tables_as_json:
         records = [dict(zip(columns, row, strict=True)) for row in rows]
         print(json.dumps({"table": title, "rows": records}, default=str), flush=True)
+        return
+    cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    drawn = None if sys.stdout.isatty() else _plain_table(title, [*columns], cells)
+    if drawn is not None:
+        print(drawn, flush=True)
         return
     from rich.console import Console
     from rich.table import Table

@@ -5,6 +5,11 @@ hashes, the installed package set, the merged configuration). `fast` reuses a re
 younger than its phase's TTL and its fingerprint still matches; failures are never reused, since
 after a failure the user has usually just fixed something. A lock file keeps runs from overlapping
 and every run leaves a log file (the newest `keep_logs` are kept).
+
+A `fast` run first tries `replay`: the state also records what the last run's checks, fingerprints and
+settings followed from (the merged configuration, catalog, pyproject and packages, read raw), so a
+rerun with nothing changed is recognised without validating the configuration (pydantic) or
+importing anything a check needs; any other case takes the full path.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from tasks.core import config
+from tasks.core import config_file
 from tasks.core.errors import ConfigError, HomelabError
 from tasks.core.files import write_atomically
+
+if TYPE_CHECKING:
+    from tasks.core import config
 
 PHASES = ("environment", "configuration", "models", "server", "hosts", "disk")
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -56,7 +64,11 @@ class Check:
     name: str
     phase: str
     inputs: tuple[str, ...]
-    run: Callable[[], Outcome]
+    run: Callable[[], Outcome] | None  # None: only a reusable cached result will do (see replay)
+
+
+class CacheMiss(Exception):
+    """A check that cannot be run here had no reusable result."""
 
 
 @dataclass
@@ -195,19 +207,27 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
-def load_state(path: Path) -> dict[str, dict[str, Any]]:
-    """Cached results by check name; an unreadable or older-format file is an empty cache."""
+def _read_state(path: Path) -> dict[str, Any]:
+    """The state file; an unreadable or older-format file is an empty one."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
         return {}
-    return dict(data.get("checks", {}))
+    return data
 
 
-def save_state(path: Path, results: dict[str, dict[str, Any]]) -> None:
-    write_atomically(path, json.dumps({"version": STATE_VERSION, "checks": results}, indent=1))
+def load_state(path: Path) -> dict[str, dict[str, Any]]:
+    """Cached results by check name."""
+    return dict(_read_state(path).get("checks", {}))
+
+
+def save_state(path: Path, results: dict[str, dict[str, Any]], replay: dict[str, Any] | None = None) -> None:
+    data: dict[str, Any] = {"version": STATE_VERSION, "checks": results}
+    if replay is not None:
+        data["replay"] = replay
+    write_atomically(path, json.dumps(data, indent=1))
 
 
 def write_log(folder: Path, lines: list[str], keep: int) -> Path:
@@ -241,7 +261,7 @@ def _reusable(
 
 def run_checks(
     checks: list[Check],
-    inputs: Inputs,
+    fingerprint: Callable[[Check], str],
     state_dir: Path,
     ttl_s: dict[str, float],
     *,
@@ -250,8 +270,12 @@ def run_checks(
     dry_run: bool = False,
     lock_timeout_s: float,
     keep_logs: int,
+    replay: dict[str, Any] | None = None,
 ) -> Report:
-    """Run (or reuse) every check under the lock; apply or describe fixes; save state and a log."""
+    """Run (or reuse) every check under the lock; apply or describe fixes; save state and a log.
+
+    `replay` (what `replay` needs besides the checks) is saved with the checks' fingerprints; a check
+    without `run` that has no reusable result raises CacheMiss before anything is saved."""
     missing = sorted({c.phase for c in checks} - set(ttl_s))
     if missing:
         raise ConfigError(f"invoke.yaml: doctor.ttl_s has no entry for {', '.join(missing)}", "add it")
@@ -263,25 +287,29 @@ def run_checks(
         state = load_state(state_file)
         results = []
         for check in checks:
-            fingerprint = inputs.fingerprint(check)
-            reused = (
-                _reusable(state.get(check.name), fingerprint, ttl_s[check.phase], statuses) if fast else None
-            )
+            key = fingerprint(check)
+            reused = _reusable(state.get(check.name), key, ttl_s[check.phase], statuses) if fast else None
             if reused is not None:
                 results.append(reused)
                 continue
-            result = _run_one(check, fingerprint, fix=fix, dry_run=dry_run)
+            if check.run is None:
+                raise CacheMiss(check.name)
+            result = _run_one(check, check.run, key, fix=fix, dry_run=dry_run)
             state[check.name] = {k: v for k, v in asdict(result).items() if k in CACHED_FIELDS}
             results.append(result)
-        save_state(state_file, state)
+        if replay is not None:
+            replay = {**replay, "checks": [[r.name, r.phase, r.fingerprint] for r in results]}
+        save_state(state_file, state, replay)
         seconds = time.perf_counter() - started
         log = write_log(state_dir / "logs", _log_lines(results, notes, fast, seconds), keep_logs)
     return Report(results, seconds, log, notes)
 
 
-def _run_one(check: Check, fingerprint: str, *, fix: bool, dry_run: bool) -> Result:
+def _run_one(
+    check: Check, run: Callable[[], Outcome], fingerprint: str, *, fix: bool, dry_run: bool
+) -> Result:
     started = time.perf_counter()
-    outcome = _guarded(check)
+    outcome = _guarded(run)
     actions = []
     if outcome.fixes and dry_run:
         actions = [f"would {f.description}" for f in outcome.fixes]
@@ -292,7 +320,7 @@ def _run_one(check: Check, fingerprint: str, *, fix: bool, dry_run: bool) -> Res
                 actions.append(f"did {remedy.description}")
             except (OSError, subprocess.CalledProcessError) as exc:
                 actions.append(f"could not {remedy.description}: {exc}")
-        outcome = _guarded(check)
+        outcome = _guarded(run)
     return Result(
         check.name,
         check.phase,
@@ -305,10 +333,10 @@ def _run_one(check: Check, fingerprint: str, *, fix: bool, dry_run: bool) -> Res
     )
 
 
-def _guarded(check: Check) -> Outcome:
+def _guarded(run: Callable[[], Outcome]) -> Outcome:
     """A check that raises is a failed check with its message, not a crashed doctor."""
     try:
-        return check.run()
+        return run()
     except HomelabError as exc:
         return Outcome("fail", exc.message)
     except Exception as exc:
@@ -418,6 +446,8 @@ def _engine(module: str, probe: str, required: bool) -> Callable[[], Outcome]:
 
 
 def _invoke_yaml(merged: Any) -> Outcome:
+    from tasks.core import config
+
     settings = config.validate(merged)
     return Outcome("ok", f"valid; {len(settings.hosts)} host(s) in the inventory")
 
@@ -478,15 +508,16 @@ def _downloads(settings: config.Settings) -> Outcome:
     return Outcome("ok", f"{len(info.repos)} repo(s), {describe_size(info.size_on_disk)}, all complete")
 
 
-def _server(settings: config.Settings) -> Outcome:
+def _server(state_dir: Path, host: str, port: int) -> Outcome:
+    """Standard library only (see server_state): `replay` runs it without the validated settings."""
     from tasks.core import server_state
 
-    files = server_state.StateFiles(settings.server.state_dir)
+    files = server_state.StateFiles(state_dir)
     found = server_state.look(files)
     if isinstance(found, server_state.Running):
         url = found.endpoint.url
     else:
-        url = server_state.client_url(settings.server.host, settings.server.port)
+        url = server_state.client_url(host, port)
     answer = server_state.health(url, timeout_s=2)
     health = f"HTTP {answer.code}" if answer.code else answer.detail
     if answer.ok:
@@ -571,7 +602,7 @@ def host_checks(root: Path, settings: config.Settings, merged: Any, hosts: bool)
         Check("catalog.yaml", "configuration", ("config", "catalog"), lambda: _catalog(settings)),
         Check("bundled model", "models", ("catalog", "packages"), lambda: _bundled(settings)),
         Check("downloads", "models", ("config",), lambda: _downloads(settings)),
-        Check("server", "server", ("config",), lambda: _server(settings)),
+        Check("server", "server", ("config",), lambda: _server(*_server_where(settings))),
     ]
     if hosts:
         checks += [
@@ -589,21 +620,90 @@ def host_checks(root: Path, settings: config.Settings, merged: Any, hosts: bool)
     return checks
 
 
+def _server_where(settings: config.Settings) -> tuple[Path, str, int]:
+    return settings.server.state_dir, settings.server.host, settings.server.port
+
+
+def _raw_key(raw: dict[str, Any], root: Path, hosts: bool, catalog: Path) -> str:
+    """What a run's list of checks, their fingerprints and its settings follow from, read without
+    validating: the configuration with `~` and $VARS expanded (as validation expands paths), the
+    checkout, the interpreter, the installed packages, pyproject.toml and the catalog."""
+    parts = [
+        json.dumps(_expanded(raw), sort_keys=True, default=str),
+        f"{root} {config_file.PROJECT_ROOT} hosts={hosts}",
+        f"{sys.executable} {sys.version} {sys.platform} {platform.machine()}",
+        _package_set(),
+        _file_hash(root / "pyproject.toml"),
+        _file_hash(catalog),
+    ]
+    return _sha("\n".join(parts).encode())
+
+
+def _expanded(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _expanded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expanded(v) for v in value]
+    return os.path.expandvars(os.path.expanduser(value)) if isinstance(value, str) else value
+
+
+def replay(merged: Any, root: Path, *, hosts: bool) -> Report | None:
+    """`doctor --fast` from the state alone, or None when the full path must run: the inputs changed
+    since the last run, or a check other than the server has no reusable result (a failure, an
+    expired TTL). The server, always rechecked, is probed with the settings the last run recorded."""
+    raw = config_file.sections(merged)
+    try:
+        state_dir = config_file.expand_path(str(raw["doctor"]["state_dir"]))
+        record = _read_state(state_dir / "state.json")["replay"]
+        if record["key"] != _raw_key(raw, root, hosts, Path(record["catalog"])):
+            return None
+        state, host, port = record["server"]
+        probe = functools.partial(_server, Path(state), str(host), int(port))
+        checks = [Check(n, phase, (), probe if n == "server" else None) for n, phase, _ in record["checks"]]
+        fingerprints = {n: fingerprint for n, _, fingerprint in record["checks"]}
+        return run_checks(
+            checks,
+            lambda check: str(fingerprints[check.name]),
+            state_dir,
+            dict(record["ttl_s"]),
+            fast=True,
+            lock_timeout_s=float(record["lock_timeout_s"]),
+            keep_logs=int(record["keep_logs"]),
+            replay=record,
+        )
+    except (KeyError, TypeError, ValueError, CacheMiss):
+        return None
+
+
 def doctor(
     merged: Any,
     *,
-    root: Path = config.PROJECT_ROOT,
+    root: Path = config_file.PROJECT_ROOT,
     fast: bool = False,
     fix: bool = False,
     dry_run: bool = False,
     hosts: bool = False,
 ) -> Report:
     """Check this host, from the merged invoke configuration (a Context's config or a plain dict)."""
+    if fast and not (fix or dry_run):
+        replayed = replay(merged, root, hosts=hosts)
+        if replayed is not None:
+            return replayed
+    from tasks.core import config
+
     settings = config.validate(merged)
     ds = settings.doctor
+    record = {
+        "key": _raw_key(config_file.sections(merged), root, hosts, settings.models.catalog),
+        "catalog": str(settings.models.catalog),
+        "server": [str(p) if isinstance(p, Path) else p for p in _server_where(settings)],
+        "ttl_s": ds.ttl_s,
+        "lock_timeout_s": ds.lock_timeout_s,
+        "keep_logs": ds.keep_logs,
+    }
     return run_checks(
         host_checks(root, settings, merged, hosts),
-        Inputs(root, settings),
+        Inputs(root, settings).fingerprint,
         ds.state_dir,
         ds.ttl_s,
         fast=fast,
@@ -611,4 +711,5 @@ def doctor(
         dry_run=dry_run,
         lock_timeout_s=ds.lock_timeout_s,
         keep_logs=ds.keep_logs,
+        replay=record,
     )

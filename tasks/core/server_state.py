@@ -232,7 +232,18 @@ class Health:
 
 
 def health(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> Health:
-    """GET url/health, with the standard library and no proxy (the server is on this host)."""
+    """GET url/health, with the standard library and no proxy (the server is on this host).
+
+    A port nobody listens on is told by a bare connect first, before urllib (with http.client and
+    email) is imported: the usual answer for `doctor --fast`, which probes on every run."""
+    import socket
+    import urllib.parse
+
+    where = urllib.parse.urlsplit(url)
+    try:
+        socket.create_connection((where.hostname, where.port), timeout=timeout_s).close()
+    except OSError as exc:
+        return Health(0, {"status": "down", "detail": f"no answer ({exc})"})
     import urllib.error
     import urllib.request
 

@@ -29,8 +29,8 @@ def doctor_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def doctor(tmp_path: Path, *flags: str) -> tuple[int, dict[str, Any]]:
-    env = {**os.environ, **doctor_env(tmp_path)}
+def doctor(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    env = {**os.environ, **(env or doctor_env(tmp_path))}
     command = [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *flags]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     return done.returncode, json.loads(done.stdout)
@@ -51,12 +51,22 @@ def test_rerun_with_fast_serves_everything_but_the_server_from_cache(tmp_path: P
 
 
 def test_fast_rerun_from_cache_imports_no_library_a_check_needs(tmp_path: Path) -> None:
-    """A cache hit costs the CLI's start and little more: nothing a check would need is imported."""
+    """A cache hit costs the CLI's start and little more: nothing a check would need is imported, and
+    the configuration is not validated (pydantic) since the raw inputs match the last run's."""
     doctor(tmp_path, "doctor", "--json")
-    loaded = loaded_by_inv("doctor", "--fast", "--json", env=doctor_env(tmp_path))
     heavy = {"huggingface_hub", "httpx", "httpx2", "fabric", "paramiko", "packaging", "rich"}
-    heavy |= {"llama_cpp", "mlx", "mlx_lm", "numpy", "tokenizers"}
-    assert loaded & heavy == set()
+    heavy |= {"llama_cpp", "mlx", "mlx_lm", "numpy", "tokenizers", "pydantic", "pydantic_core"}
+    assert loaded_by_inv("doctor", "--fast", "--json", env=doctor_env(tmp_path)) & heavy == set()
+    assert loaded_by_inv("doctor", "--fast", env=doctor_env(tmp_path)) & heavy == set()  # the table, piped
+
+
+def test_fast_rerun_after_a_config_change_validates_and_reruns_what_depends_on_it(tmp_path: Path) -> None:
+    doctor(tmp_path, "doctor", "--json")
+    changed = {**doctor_env(tmp_path), "INVOKE_DOCTOR_MIN_FREE_DISK_MB": "1"}
+    _, fast = doctor(tmp_path, "doctor", "--fast", "--json", env=changed)
+    cached = {c["name"]: c["cached"] for c in fast["checks"]}
+    assert cached["virtualenv"] and not cached["free space"] and not cached["invoke.yaml"]
+    assert loaded_by_inv("doctor", "--fast", "--json", env=changed) & {"pydantic", "rich"} == set()
 
 
 def test_unreachable_inventory_host_fails_only_with_hosts(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tasks.core import config, doctor
+from tasks.core import config, config_file, console, doctor
 from tasks.core.errors import HomelabError
 from tests.ports import free_port
 
@@ -55,9 +56,9 @@ def _settings(project_config: dict[str, Any], tmp_path: Path) -> config.Settings
 
 def _run(checks: list[doctor.Check], root: Path, state: Path, **kwargs: Any) -> doctor.Report:
     settings = config.load()
-    inputs = doctor.Inputs(root, settings)
+    fingerprint = doctor.Inputs(root, settings).fingerprint
     limits = {"lock_timeout_s": 0, "keep_logs": settings.doctor.keep_logs}
-    return doctor.run_checks(checks, inputs, state, kwargs.pop("ttl", TTL), **{**limits, **kwargs})
+    return doctor.run_checks(checks, fingerprint, state, kwargs.pop("ttl", TTL), **{**limits, **kwargs})
 
 
 def test_fast_rerun_reuses_passing_results(tmp_path: Path, root: Path) -> None:
@@ -319,3 +320,31 @@ def test_option_shaped_inventory_host_runs_nothing_even_past_validation(
     (result,) = _run([check], ROOT, tmp_path / "state", fast=False).results
     assert not pwned.exists()
     assert result.status == "fail" and "cannot connect over SSH" in result.detail
+
+
+def test_replay_key_reads_every_section_that_validation_reads() -> None:
+    """A section the key missed could change the settings while `doctor --fast` replays the old ones."""
+    assert tuple(config.Settings.model_fields) == config_file.SECTIONS
+
+
+def test_doctor_table_through_a_pipe_is_drawn_as_rich_draws_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """`doctor --fast` prints its table without importing rich: the same bytes rich would print."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ["phase", "check", "status", "took", "detail"]
+    rows = [
+        ("environment", "python", "ok", "cached", "Python 3.11 (/venv/bin/python)"),
+        ("server", "server", "warn", "0.03s", "stale pidfile — pid 7\nwould remove the stale pidfile"),
+        ("disk", "free space", "ok", "0.00s", ""),
+    ]
+    console.print_table("Doctor", columns, rows)
+    table = Table(title="Doctor", title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold" if column in console.IDENTIFYING else "ellipsis")
+    for row in rows:
+        table.add_row(*row)
+    drawn = Console(highlight=False, width=100_000, file=io.StringIO())
+    drawn.print(table)
+    assert capsys.readouterr().out == drawn.file.getvalue()
+    assert console.styled("ok", "green") == "ok"  # what rich prints for [green]ok[/] through a pipe
