@@ -144,7 +144,8 @@ def llama_server_cmd(
 ) -> list[str]:
     return [
         str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-        "-c", str(context), "-np", str(slots), "-t", str(threads), "-tb", str(threads), "--jinja",
+        "-c", str(context), "-np", str(slots), "--kv-unified",
+        "-t", str(threads), "-tb", str(threads), "--jinja",
     ]  # fmt: skip
 
 
