@@ -3,31 +3,28 @@
 Every target gets the server settings from invoke.yaml (slots, context, threads): greedy answers,
 N streams started together (a fresh connection per request for servers), each cell the best of a few
 rounds, one target decoding at a time. Single-stream rounds of the engine and the server then
-alternate, for their ratio on a shared, noisy machine. A two-turn conversation under a ~1,850-token
-system prompt (most of a 2,048-token slot) shows prefix reuse: tokens recomputed on the second turn,
-and both turns' time to first token. A last table checks the serving-performance issue's targets.
+alternate, for their ratio on a shared, noisy machine. A two-turn conversation under a long system
+prompt shows prefix reuse: tokens recomputed on the second turn, and both turns' time to first token
+(~1,850 tokens in quick mode; ~6,000 in full mode, an agent's turn: the slots share one KV cache, so
+one request may use the whole context). A last table checks the serving-performance issue's targets.
 
 Quick by default, as `inv test.bench` runs it in CI (engine and server, 1 and 4 streams, about a
 minute). `BENCH_FULL=1` (or `--full`) adds the peers: llama.cpp's `llama-server`, built once from the
 llama.cpp that the llama-cpp-python sdist vendors into .bench/llama-server (about 10 minutes on two
 cores, then cached), and llama-cpp-python's bundled server; at 1, 2, 4 and 8 streams.
-Run: `BENCH_FULL=1 python -c "import runpy; runpy.run_path('tests/bench/bench_serving.py')['main']()"`.
+Run: `BENCH_FULL=1 .venv/bin/inv test.bench --only serving`.
 Writes .bench/serving.json.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,20 +32,26 @@ import httpx
 from inference_server.engines import factory
 from inference_server.engines.base import ChatMessage, SamplingParams
 from inference_server.settings import ServerSettings
-from tasks.core import config, server_state
+from tasks.core import config
 from tasks.core import server as core
 from tests.bench import peers
 from tests.bench.load import QUESTIONS, Round, Stream, chat_request, drive_streams, stream_chat
+from tests.bench.report import BENCH_DIR, full_mode, load_line, threads, write_json
 from tests.ports import free_port
 
-BENCH_DIR = config.PROJECT_ROOT / ".bench"
-SYSTEM_PROMPT = " ".join(f"Rule {i}: answer briefly, politely and in plain English." for i in range(128))
-FIRST_TURN = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Hello!"}]
-SECOND_TURN = [
-    *FIRST_TURN,
-    {"role": "assistant", "content": "Hello! How can I help you today?"},
-    {"role": "user", "content": "What is a good name for a cat?"},
-]
+Messages = list[dict[str, str]]
+
+
+def conversation(rules: int) -> tuple[Messages, Messages]:
+    """Two turns under a system prompt of `rules` rules (~14.5 tokens each)."""
+    system = " ".join(f"Rule {i}: answer briefly, politely and in plain English." for i in range(rules))
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "Hello!"}]
+    second = [
+        *first,
+        {"role": "assistant", "content": "Hello! How can I help you today?"},
+        {"role": "user", "content": "What is a good name for a cat?"},
+    ]
+    return first, second
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,11 @@ class Plan:
     max_tokens: int
     pairs: int  # alternating engine / server single-stream rounds for their ratio
     with_peers: bool
+    system_rules: int  # the prefix-reuse conversation's system prompt
 
 
-QUICK = Plan(concurrency=(1, 4), repeats=2, max_tokens=64, pairs=3, with_peers=False)
-FULL = Plan(concurrency=(1, 2, 4, 8), repeats=2, max_tokens=128, pairs=6, with_peers=True)
+QUICK = Plan(concurrency=(1, 4), repeats=2, max_tokens=64, pairs=3, with_peers=False, system_rules=128)
+FULL = Plan(concurrency=(1, 2, 4, 8), repeats=2, max_tokens=128, pairs=6, with_peers=True, system_rules=410)
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Target:
     """What the benchmark does to a target: a round of N concurrent streams, or one chat turn."""
 
     run_round: Callable[[int], Awaitable[Round]]
-    turn: Callable[[list[dict[str, str]]], Awaitable[Stream]]
+    turn: Callable[[Messages], Awaitable[Stream]]
 
 
 @contextmanager
@@ -78,11 +82,11 @@ def engine_target(settings: ServerSettings, plan: Plan) -> Iterator[Target]:
     engine.start()
     params = SamplingParams(max_tokens=plan.max_tokens, temperature=0)
 
-    async def turn(messages: list[dict[str, str]]) -> Stream:
-        prompt = engine.render_chat([ChatMessage(m["role"], m["content"]) for m in messages])  # type: ignore[arg-type]
+    async def turn(messages: Messages) -> Stream:
+        tokens = engine.chat_tokens([ChatMessage(m["role"], m["content"]) for m in messages])  # type: ignore[arg-type]
         started = time.perf_counter()
         first = 0.0
-        async for chunk in engine.generate(engine.tokenize(prompt), params):
+        async for chunk in engine.generate(tokens, params):
             if chunk.text and not first:
                 first = time.perf_counter() - started
             if chunk.finish_reason:
@@ -98,50 +102,35 @@ def engine_target(settings: ServerSettings, plan: Plan) -> Iterator[Target]:
         engine.close()
 
 
-def http_target(url: str, plan: Plan, *, model: str = "default", api_key: str = "") -> Target:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-
-    def turn(messages: list[dict[str, str]]) -> Awaitable[Stream]:
-        return stream_chat(url, chat_request(model, messages, plan.max_tokens), headers=headers)
+def http_target(served: peers.Served, plan: Plan) -> Target:
+    def turn(messages: Messages) -> Awaitable[Stream]:
+        body = chat_request(served.model, messages, plan.max_tokens)
+        return stream_chat(served.url, body, headers=served.headers)
 
     return Target(lambda n: drive_streams(lambda i: turn(question(i)), n), turn)
 
 
 @contextmanager
 def server_target(settings: ServerSettings, plan: Plan) -> Iterator[Target]:
-    """This project's server, started and stopped as `inv server.start` / `server.stop` do."""
-    served = settings.model_copy(update={"port": free_port(), "api_key": "bench"})
-    with tempfile.TemporaryDirectory(prefix="bench-server-") as state:
-        files = server_state.StateFiles(Path(state))
-        core.start(served, files, config.load().server.start_timeout_s)
-        try:
-            yield http_target(served.url, plan, model=served.model_name, api_key=served.api_key)
-        finally:
-            core.stop(files, served.stop_grace_s)
+    with peers.this_server(settings) as served:
+        yield http_target(served, plan)
 
 
 @contextmanager
 def llama_server_target(settings: ServerSettings, plan: Plan) -> Iterator[Target]:
-    binary = peers.build_llama_server(BENCH_DIR / "llama-server")
-    port = free_port()
-    cmd = peers.llama_server_cmd(
-        binary, settings.model_path, port,
-        slots=settings.slots, context=settings.context_size, threads=threads(settings),
-    )  # fmt: skip
-    with peers.running(cmd, port, BENCH_DIR / "logs" / "llama-server.log") as url:
-        yield http_target(url, plan)
+    with peers.llama_server(settings, BENCH_DIR, threads(settings)) as served:
+        yield http_target(served, plan)
 
 
 @contextmanager
 def llama_cpp_python_target(settings: ServerSettings, plan: Plan) -> Iterator[Target]:
     port = free_port()
-    # It serves one sequence at a time: give it one slot's worth of context, like each of ours.
-    context = settings.context_size // settings.slots
+    # One sequence at a time over the whole context: as much as one of our requests may use.
     cmd = peers.llama_cpp_python_server_cmd(
-        settings.model_path, port, context=context, threads=threads(settings)
+        settings.model_path, port, context=settings.context_size, threads=threads(settings)
     )
     with peers.running(cmd, port, BENCH_DIR / "logs" / "llama-cpp-python-server.log") as url:
-        yield http_target(url, plan)
+        yield http_target(peers.Served(url), plan)
 
 
 ENGINE, SERVER = "engine", "server"
@@ -152,12 +141,8 @@ PEERS: dict[str, Callable[[ServerSettings, Plan], AbstractContextManager[Target]
 LLAMA_SERVER, LLAMA_CPP_PYTHON = PEERS
 
 
-def question(i: int) -> list[dict[str, str]]:
+def question(i: int) -> Messages:
     return [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-
-
-def threads(settings: ServerSettings) -> int:
-    return settings.threads or len(os.sched_getaffinity(0))
 
 
 async def measure(target: Target, plan: Plan) -> dict[str, Any]:
@@ -166,8 +151,9 @@ async def measure(target: Target, plan: Plan) -> dict[str, Any]:
     for concurrency in plan.concurrency:
         tries = [await target.run_round(concurrency) for _ in range(plan.repeats)]
         rounds[concurrency] = max(tries, key=lambda r: r.aggregate_tok_s).as_dict()
-    first = await target.turn(FIRST_TURN)
-    second = await target.turn(SECOND_TURN)
+    first_turn, second_turn = conversation(plan.system_rules)
+    first = await target.turn(first_turn)
+    second = await target.turn(second_turn)
     return {"rounds": rounds, "prefix": {"first_turn": asdict(first), "second_turn": asdict(second)}}
 
 
@@ -209,7 +195,7 @@ def check_targets(figures: dict[str, Any], server_ratios: list[float]) -> list[t
 def main() -> None:
     from tasks.core.console import console, print_table
 
-    plan = FULL if "--full" in sys.argv[1:] or os.environ.get("BENCH_FULL") == "1" else QUICK
+    plan = FULL if full_mode() else QUICK
     settings = core.served_settings(config.load())
     out = console()
     figures: dict[str, Any] = {}
@@ -243,7 +229,7 @@ def main() -> None:
         ],
     )  # fmt: skip
     print_table(
-        "Prefix reuse: second turn of a conversation under a ~1,850-token system prompt",
+        f"Prefix reuse: second turn of a conversation under a {plan.system_rules}-rule system prompt",
         ["target", "turn 1 prompt", "turn 2 prompt", "turn 2 cached", "turn 2 recomputed",
          "TTFT turn 1 s", "TTFT turn 2 s"],
         [prefix_row(name, result["prefix"]) for name, result in figures.items()],
@@ -252,11 +238,7 @@ def main() -> None:
     print_table(
         "Targets", ["what", "measured", "goal", "met"], [(*c[:3], "yes" if c[3] else "NO") for c in checks]
     )
-    cores = len(os.sched_getaffinity(0))
-    out.print(
-        f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} on {cores} cores: "
-        "a busy shared machine makes every figure noisy"
-    )
+    out.print(load_line(load_before, load_after))
     for name, reason in skipped.items():
         out.print(f"[yellow]skipped {name}: {reason}[/]")
     write_json(
@@ -268,7 +250,7 @@ def main() -> None:
             "plan": asdict(plan),
             "load_average_before": load_before,
             "load_average_after": load_after,
-            "cores": cores,
+            "cores": len(os.sched_getaffinity(0)),
             "targets": figures,
             "server_over_engine_single_stream": server_ratios,
             "skipped": skipped,
@@ -290,14 +272,6 @@ def prefix_row(name: str, prefix: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
         f"{first['ttft_s']:.3f}",
         f"{second['ttft_s']:.3f}",
     )
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    partial.replace(path)
-    print(f"wrote {path.relative_to(config.PROJECT_ROOT)}")
 
 
 if __name__ == "__main__":

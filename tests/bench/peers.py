@@ -1,8 +1,10 @@
-"""Peer servers the benchmarks compare against, started on free loopback ports.
+"""The servers the benchmarks run, on free loopback ports: this project's own and its peers.
 
-llama.cpp's own `llama-server` is built from the source that the pinned llama-cpp-python sdist
-vendors (same llama.cpp as our engine), without native CPU tuning like our wheel, and cached under
-.bench/ so later runs start at once. llama-cpp-python's bundled server needs its `[server]` extra.
+Ours starts and stops as `inv server.start` / `server.stop` do. llama.cpp's own `llama-server` is
+built from the source that the pinned llama-cpp-python sdist vendors (same llama.cpp as our engine),
+without native CPU tuning like our wheel, and cached under .bench/ so later runs start at once; it
+serves with our context, slots and threads over one unified KV cache, as our engine does, so one
+request may use the whole context. llama-cpp-python's bundled server needs its `[server]` extra.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from inference_server.settings import ServerSettings
+from tests.ports import free_port
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 PORTABLE_CMAKE_ARGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
@@ -25,6 +32,48 @@ PORTABLE_CMAKE_ARGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "
 
 class PeerUnavailable(Exception):
     """The peer cannot run here; the message says why, for the benchmark's skip line."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running server as a client sees it."""
+
+    url: str
+    model: str = "default"
+    api_key: str = ""
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+
+
+@contextlib.contextmanager
+def this_server(settings: ServerSettings) -> Iterator[Served]:
+    """This project's server on a free port with a key, started and stopped as the tasks do."""
+    from tasks.core import config, server_state
+    from tasks.core import server as core
+
+    served = settings.model_copy(update={"port": free_port(), "api_key": "bench"})
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as state:
+        files = server_state.StateFiles(Path(state))
+        core.start(served, files, config.load().server.start_timeout_s)
+        try:
+            yield Served(served.url, served.model_name, served.api_key)
+        finally:
+            core.stop(files, served.stop_grace_s)
+
+
+@contextlib.contextmanager
+def llama_server(settings: ServerSettings, bench_dir: Path, threads: int) -> Iterator[Served]:
+    """llama-server (built on first use) on the same GGUF, context, slots and threads."""
+    binary = build_llama_server(bench_dir / "llama-server")
+    port = free_port()
+    cmd = llama_server_cmd(
+        binary, settings.model_path, port,
+        slots=settings.slots, context=settings.context_size, threads=threads,
+    )  # fmt: skip
+    with running(cmd, port, bench_dir / "logs" / "llama-server.log") as url:
+        yield Served(url)
 
 
 def build_llama_server(scratch: Path) -> Path:
@@ -95,7 +144,8 @@ def llama_server_cmd(
 ) -> list[str]:
     return [
         str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-        "-c", str(context), "-np", str(slots), "-t", str(threads), "-tb", str(threads), "--jinja",
+        "-c", str(context), "-np", str(slots), "--kv-unified",
+        "-t", str(threads), "-tb", str(threads), "--jinja",
     ]  # fmt: skip
 
 
