@@ -92,7 +92,9 @@ def _grammar_schema(text: str, what: str) -> str:
 
 
 def _bounded(schema: Any) -> Any:
-    """The schema with FORMAT_MAX_LENGTH and SAFE_INTEGER bounds where it sets none."""
+    """The schema with FORMAT_MAX_LENGTH and SAFE_INTEGER bounds where it sets none, and objects
+    that list their properties closed to others unless they say otherwise: a small model otherwise
+    invents keys (`{"city": "Paris", "service": {...}}`), valid but useless to the tool."""
     if isinstance(schema, list):
         return [_bounded(item) for item in schema]
     if not isinstance(schema, dict):
@@ -102,6 +104,9 @@ def _bounded(schema: Any) -> Any:
     limit = FORMAT_MAX_LENGTH.get(fmt) if isinstance(fmt, str) else None
     if limit is not None and "maxLength" not in schema:
         out["maxLength"] = limit
+    closable = isinstance(schema.get("properties"), dict) and schema.get("type", "object") == "object"
+    if closable and "additionalProperties" not in schema and "patternProperties" not in schema:
+        out["additionalProperties"] = False
     if schema.get("type") == "integer":
         if "minimum" not in schema and "exclusiveMinimum" not in schema:
             out["minimum"] = -SAFE_INTEGER

@@ -63,10 +63,32 @@ def test_supported_schemas_are_not_relaxed(tool, caplog):
     assert not caplog.records
 
 
-def test_claude_codes_schemas_reach_the_grammar_unchanged():
+def _without_closing(schema):
+    """The schema less every `additionalProperties: false` (the one thing preparing may add)."""
+    if isinstance(schema, list):
+        return [_without_closing(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        k: _without_closing(v)
+        for k, v in schema.items()
+        if k != "x-guidance" and not (k == "additionalProperties" and v is False)
+    }
+
+
+def test_claude_codes_schemas_reach_the_grammar_unchanged_but_closed():
     for tool in load("claude_code_tools.json"):
         prepared = grammar_schema(tool["input_schema"], f"unchanged {tool['name']}")
-        assert {k: v for k, v in prepared.items() if k != "x-guidance"} == tool["input_schema"]
+        assert _without_closing(prepared) == _without_closing(tool["input_schema"])
+        assert prepared["additionalProperties"] is False
+
+
+def test_objects_that_list_properties_are_closed_unless_they_say_otherwise():
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    assert grammar_schema(schema, "closed")["additionalProperties"] is False
+    opened = grammar_schema({**schema, "additionalProperties": True}, "open")
+    assert opened["additionalProperties"] is True
+    assert "additionalProperties" not in grammar_schema({"type": "object"}, "any object")
 
 
 def test_formats_and_integers_get_bounds_where_they_set_none():
