@@ -245,15 +245,16 @@ class Generation:
         self.admission = admission
         self.metrics = metrics
 
-    async def tokens(self, prompt: Prompt) -> list[int]:
-        """The prompt's ids, tokenised once and off the event loop; too long is a 400 either way."""
+    async def tokens(self, prompt: Prompt, *, to_generate: bool = True) -> list[int]:
+        """The prompt's ids, tokenised once and off the event loop. One that is `to_generate` and
+        cannot fit the context by its length in characters is a 400 before it is tokenised."""
         self._check_engine()
         limit = self.engine.info.context_size - 1
         texts = list(prompt.texts()) if isinstance(prompt, ChatPrompt) else [prompt]
         for text in texts:
             _check_unicode(text)
         characters = sum(len(text) for text in texts)
-        if characters > (limit + 1) * MAX_CHARS_PER_TOKEN:
+        if to_generate and characters > (limit + 1) * MAX_CHARS_PER_TOKEN:
             raise ContextLengthError(characters // MAX_CHARS_PER_TOKEN, limit)
         try:
             if isinstance(prompt, ChatPrompt):
@@ -265,7 +266,8 @@ class Generation:
             raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
 
     async def count_tokens(self, prompt: Prompt) -> int:
-        return len(await self.tokens(prompt))
+        """Counted however long (the body limit bounds it): a client counts to decide what to cut."""
+        return len(await self.tokens(prompt, to_generate=False))
 
     async def start(
         self, prompt: Prompt, params: SamplingParams, stops: Sequence[str], plan: Any = None
