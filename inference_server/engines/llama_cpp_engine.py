@@ -10,9 +10,10 @@ fits beside the others': its prompt plus `max_tokens` when that fits the context
 prompt plus a fair share (context / slots) that grows while the cache has room and pauses while it
 has none ("elastic": what a client asking for 128k tokens, or for no limit, gets; when every running
 request is paused, the one holding most of the cache ends with "length"). What does not fit waits,
-first come first served. A slot keeps the KV cache of its last request while the room is not needed, and a new request
-takes the free slot that shares the longest prefix with its prompt, so a conversation's next turn
-recomputes only its tail; a cached prefix that must make room is saved to the prefix store first.
+first come first served. A slot keeps the KV cache of its last request while the room is not needed,
+and a new request takes the free slot that shares the longest prefix with its prompt, so a
+conversation's next turn recomputes only its tail; a cached prefix that must make room is saved to
+the prefix store first.
 """
 
 from __future__ import annotations
