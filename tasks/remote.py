@@ -39,11 +39,11 @@ def sync(c: Context, host: str) -> None:
 def facts(c: Context, json: bool = False) -> None:
     """Show this host's checkout revision, server, model, health and free disk for models."""
     from tasks.core import config, fleet
-    from tasks.core.console import print_table, say
+    from tasks.core.console import print_json, print_table
 
     found = fleet.local_facts(config.load(c.config))
     if json:
-        say(fleet.facts_json(found), markup=False)
+        print_json(fleet.facts_json(found))
         return
     row = (found.revision, found.server, found.model, found.health, f"{found.disk_free_gb:.1f} GB")
     print_table("This host", ["revision", "server", "model", "health", "disk free"], [row])

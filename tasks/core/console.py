@@ -46,6 +46,11 @@ def console() -> Any:
     return Console(highlight=False, stderr=_tables_as_json)
 
 
+def print_json(line: str) -> None:
+    """One line for a program to read: always stdout, where --json sends no messages."""
+    print(line, flush=True)
+
+
 def say(text: str, markup: bool = True, end: str = "\n") -> None:
     """One message, never wrapped mid-item: long lines stay whole whatever the terminal width.
 

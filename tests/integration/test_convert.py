@@ -73,6 +73,7 @@ SEA = (
 def test_converted_directory_is_an_mlx_lm_model(mlx_smollm2_dir: Path, mlx_lm_model: tuple[Any, Any]) -> None:
     assert sorted(p.name for p in mlx_smollm2_dir.iterdir()) == [
         "config.json",
+        "homelab-conversion.json",  # marks it as ours, for --force
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
