@@ -28,11 +28,12 @@ def program() -> Path | None:
 
 
 def output_cap(context_size: int) -> int:
-    """CLAUDE_CODE_MAX_OUTPUT_TOKENS: a quarter of the context, at most 4,096, so the prompt keeps
-    three quarters. An answer cut at the cap makes print mode ask to continue three more times, then
-    fail with "API Error: Claude's response exceeded the N output token maximum": a model that loops
-    costs four caps of decoding, not 128,000 tokens."""
-    return min(MAX_OUTPUT_TOKENS, context_size // 4)
+    """CLAUDE_CODE_MAX_OUTPUT_TOKENS: a quarter of what the context leaves after Claude Code's first
+    prompt, at most 4,096. An answer cut at the cap makes print mode ask to continue three more times,
+    each request carrying what came before, then fail with "API Error: Claude's response exceeded the
+    N output token maximum": so four caps must fit beside the prompt (a quarter of the context did not:
+    the continuation was refused as too long), and a model that loops costs four caps of decoding."""
+    return min(MAX_OUTPUT_TOKENS, max(256, (context_size - FIRST_PROMPT_TOKENS) // 4))
 
 
 def environment(

@@ -19,12 +19,12 @@ def test_every_tier_maps_onto_served_names_and_the_answer_fits_the_context() -> 
     )
     assert {env[name] for name in big} == {"claude-sonnet-5-5"}
     assert {env["ANTHROPIC_DEFAULT_HAIKU_MODEL"], env["ANTHROPIC_SMALL_FAST_MODEL"]} == {"claude-haiku-5-5"}
-    assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "2048"
+    assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "798"
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
 
 
-def test_output_cap_is_a_quarter_of_the_context_at_most_4096() -> None:
-    assert [claude_code.output_cap(n) for n in (2048, 8192, 16384, 131072)] == [512, 2048, 4096, 4096]
+def test_output_cap_leaves_room_for_the_prompt_and_four_answers_at_most_4096() -> None:
+    assert [claude_code.output_cap(n) for n in (2048, 8192, 16384, 131072)] == [256, 798, 2846, 4096]
 
 
 def test_warning_only_where_claude_codes_prompt_and_answer_do_not_fit() -> None:
