@@ -14,9 +14,14 @@ from inference_server.engines.base import EngineError
 
 def serve(settings: server_settings.ServerSettings) -> None:
     """Run until SIGINT/SIGTERM; requests in flight get `stop_grace_s` to finish."""
+    import logging
+
     import uvicorn
 
     from inference_server.app import create_app
+
+    # uvicorn configures its own loggers only: the pool's loads and unloads go to the same log
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
 
     uvicorn.run(
         create_app(settings),

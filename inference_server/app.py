@@ -1,8 +1,9 @@
-"""`create_app(settings)`: the FastAPI app, its engine loaded in the background at startup."""
+"""`create_app(settings)`: the FastAPI app; its default model loads in the background at startup."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,33 +15,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference_server import errors, guard, streaming
 from inference_server.admin.api_router import router as admin_router
-from inference_server.admission import Admission
 from inference_server.anthropic.api_router import router as anthropic_router
 from inference_server.auth import require_api_key
-from inference_server.engines import factory
-from inference_server.generation import Generation
 from inference_server.metrics import Metrics
 from inference_server.openai.api_router import router as openai_router
+from inference_server.pool import Pool
 from inference_server.runtime import Runtime
 from inference_server.settings import ServerSettings
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    engine = factory.create(settings)
-    admission = Admission(settings.slots, settings.queue_size)
     metrics = Metrics()
-    metrics.queue_depth.set_function(lambda: admission.waiting)
-    metrics.active.set_function(lambda: admission.active)
-    runtime = Runtime(settings, engine, admission, metrics, Generation(engine, admission, metrics))
+    pool = Pool(settings, metrics)
+    runtime = Runtime(settings, pool, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.get_running_loop().run_in_executor(None, runtime.load)
+        running = asyncio.create_task(pool.run())
         try:
             yield
         finally:
-            await loading
-            await asyncio.to_thread(engine.close)
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await pool.close()
 
     app = FastAPI(
         title="llm-homelab inference server",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -139,6 +139,7 @@ class Stream:
         self._parser = parser
         self._started = started
         self._closed = False
+        self._on_close: list[Callable[[], None]] = []
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self.calls = 0
@@ -205,6 +206,10 @@ class Stream:
         self.completion_tokens = last.completion_tokens or self.completion_tokens
         self.outcome = Outcome(reason, stop, self.prompt_tokens, self.completion_tokens, last.cached_tokens)
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Called once the stream is closed and its slot given back."""
+        self._on_close.append(callback)
+
     async def aclose(self) -> None:
         """Cancel the engine request if still running and give the slot back (idempotent)."""
         if self._closed:
@@ -214,6 +219,8 @@ class Stream:
             await _aclose(self._chunks)
         finally:
             self._service.admission.release()
+            for callback in self._on_close:
+                callback()
             self._service.metrics.prompt_tokens.inc(self.prompt_tokens)
             self._service.metrics.completion_tokens.inc(self.completion_tokens)
             if self.outcome is not None:

@@ -1,72 +1,57 @@
-"""The per-app state routes share: settings, engine, admission queue, metrics, load status."""
+"""The per-app state routes share: settings, the model pool and metrics, and the one way a route
+starts a generation or counts a prompt on the model a request names."""
 
 from __future__ import annotations
 
-import fnmatch
-import logging
-import threading
-from dataclasses import dataclass, field
-from typing import Annotated
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from inference_server.admission import Admission
-from inference_server.engines.base import Engine, EngineError
-from inference_server.errors import ApiError
-from inference_server.generation import Generation
+from inference_server.engines.base import SamplingParams
+from inference_server.generation import Prompt, Stream
 from inference_server.metrics import Metrics
+from inference_server.pool import Pool
 from inference_server.settings import ServerSettings
-
-log = logging.getLogger("inference_server")
 
 
 @dataclass
 class Runtime:
     settings: ServerSettings
-    engine: Engine
-    admission: Admission
+    pool: Pool
     metrics: Metrics
-    generation: Generation
-    loaded: threading.Event = field(default_factory=threading.Event)
-    load_error: str = ""
 
-    def load(self) -> None:
-        """Start the engine (blocking; runs on a helper thread while /health answers 503)."""
+    async def start(
+        self,
+        requested: str,
+        prompt: Prompt,
+        params: SamplingParams,
+        stops: Sequence[str],
+        plan: Any = None,
+        keep_alive_s: float | None = None,
+    ) -> Stream:
+        """A started generation on the requested model, loading it first if need be; the model stays
+        held (never evicted) until the stream closes."""
+        held = await self.pool.hold(requested, keep_alive_s)
         try:
-            self.engine.start()
-        except EngineError as exc:  # expected (a bad file, too little memory): one line says it
-            self.load_error = str(exc)
-            log.error("loading %s failed: %s", self.settings.model_path, exc)
-            return
-        except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("loading %s failed", self.settings.model_path)
-            return
-        self.loaded.set()
-        log.info("serving %s with %s", self.settings.model_name, self.engine.info.engine)
+            stream = await held.generation.start(prompt, params, stops, plan)
+        except BaseException:
+            held.release()
+            raise
+        stream.on_close(held.release)
+        return stream
 
-    def ready(self) -> bool:
-        return self.loaded.is_set() and self.engine.healthy()
-
-    def listed_names(self) -> list[str]:
-        """The served name and every alias that is a plain name (patterns are matched, not listed)."""
-        aliases = [a for a in self.settings.model_aliases if not any(ch in a for ch in "*?[")]
-        return [self.settings.model_name, *aliases]
-
-    def check_model(self, requested: str) -> None:
-        if requested == self.settings.model_name:
-            return
-        if any(fnmatch.fnmatchcase(requested, pattern) for pattern in self.settings.model_aliases):
-            return
-        names = ", ".join(self.listed_names())
-        raise ApiError("not_found", f"model '{requested}' is not served here; available: {names}")
+    async def count_tokens(self, requested: str, prompt: Prompt) -> int:
+        held = await self.pool.hold(requested)
+        try:
+            return await held.generation.count_tokens(prompt)
+        finally:
+            held.release(served=False)
 
 
 def runtime(request: Request) -> Runtime:
     state: Runtime = request.app.state.runtime
-    if not state.loaded.is_set():
-        reason = state.load_error or "the model is still loading"
-        raise ApiError("overloaded", f"not ready: {reason}", retry_after_s=2)
     return state
 
 

@@ -6,6 +6,7 @@ server never reads the project's configuration itself and tests build their own.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 from pathlib import Path
 from typing import Literal
@@ -13,24 +14,50 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EngineName = Literal["auto", "llama_cpp", "mlx"]
+ModelFormat = Literal["gguf", "mlx", "safetensors"]
 
 
-class ServerSettings(BaseModel):
+class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_name: str = Field(min_length=1, description="the id clients ask for and /v1/models lists")
-    model_path: Path = Field(description="a GGUF file or an MLX model directory")
-    model_format: Literal["gguf", "mlx", "safetensors"]
+
+class ModelSpec(_Frozen):
+    """One model the server may serve; each loaded model gets its own engine with these."""
+
+    name: str = Field(min_length=1, description="the id clients ask for and /v1/models lists")
+    path: Path = Field(description="a GGUF file or an MLX model directory")
+    format: ModelFormat
+    context_size: int = Field(ge=256)
+    slots: int = Field(ge=1, description="requests generating at once")
+    keep_alive_s: float = Field(ge=-1, description="idle seconds before unloading; -1 never, 0 at once")
+    pinned: bool = Field(description="resident whatever happens: never evicted or expired")
+
+
+class Alias(_Frozen):
+    pattern: str = Field(min_length=1, description="an fnmatch pattern of requested names")
+    model: str = Field(description="the ModelSpec name it routes to")
+
+    @property
+    def is_name(self) -> bool:
+        """A plain name (listed in /v1/models) rather than a pattern (only matched)."""
+        return not any(ch in self.pattern for ch in "*?[")
+
+
+class ServerSettings(_Frozen):
+    models: list[ModelSpec] = Field(min_length=1)
+    default_model: str = Field(description="loaded at start; /health follows it")
+    model_aliases: list[Alias] = Field(description="other names for models, first match wins")
     engine: EngineName
     host: str
     port: int = Field(ge=0, le=65535)
     api_key: str
-    context_size: int = Field(ge=256)
-    slots: int = Field(ge=1, description="requests generating at once")
-    queue_size: int = Field(ge=0, description="requests waiting for a slot; beyond it, 503")
-    prefix_cache_bytes: int = Field(ge=0)
+    queue_size: int = Field(ge=0, description="requests waiting, per model and for loads; beyond, 503")
+    prefix_cache_bytes: int = Field(ge=0, description="per loaded model")
     threads: int = Field(ge=0, description="0 = the engine decides")
-    model_aliases: list[str] = Field(description="other names (fnmatch patterns) for the served model")
+    memory_budget_bytes: int = Field(gt=0, description="what the loaded models may use together")
+    swap_grace_s: float = Field(
+        ge=0, description="how long a model that must wait for memory lets a loaded one keep serving"
+    )
     strip_billing_header: bool = Field(description="drop x-anthropic-billing-header lines from prompts")
     allowed_hosts: list[str] = Field(
         description="Host header names accepted while no api_key is set (DNS-rebinding guard)"
@@ -38,13 +65,38 @@ class ServerSettings(BaseModel):
     stop_grace_s: float = Field(gt=0)
 
     @model_validator(mode="after")
-    def _key_required_off_loopback(self) -> ServerSettings:
+    def _consistent(self) -> ServerSettings:
         if not self.api_key and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to listen on {self.host} without an API key: set server.api_key "
                 "(or bind 127.0.0.1)"
             )
+        names = [spec.name for spec in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: a name appears twice in {names}")
+        if self.default_model not in names:
+            raise ValueError(f"default_model '{self.default_model}' is not one of the models {names}")
+        for alias in self.model_aliases:
+            if alias.model not in names:
+                raise ValueError(f"alias '{alias.pattern}' routes to '{alias.model}', not one of {names}")
         return self
+
+    @property
+    def default(self) -> ModelSpec:
+        return self.spec(self.default_model)
+
+    def spec(self, name: str) -> ModelSpec:
+        return next(spec for spec in self.models if spec.name == name)
+
+    def route(self, requested: str) -> ModelSpec | None:
+        """The model a request's name picks: its own name, else the first alias that matches."""
+        for spec in self.models:
+            if spec.name == requested:
+                return spec
+        for alias in self.model_aliases:
+            if fnmatch.fnmatchcase(requested, alias.pattern):
+                return self.spec(alias.model)
+        return None
 
     @property
     def url(self) -> str:

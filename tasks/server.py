@@ -20,7 +20,9 @@ _SERVE_HELP = {
     "context_size": "tokens of context (default: server.context_size)",
     "slots": "requests generating at once (default: server.slots)",
     "queue_size": "requests waiting for a slot before 503; 0 = none wait (default -1: server.queue_size)",
-    "alias": "another name (fnmatch pattern) for the model; repeatable, replaces server.model_aliases",
+    "models": "catalog names this server may serve, comma-separated (default: server.models)",
+    "alias": "PATTERN[=MODEL]: another name (fnmatch) for a model (default: server.model); repeatable,"
+    " replaces server.model_aliases",
 }
 
 
@@ -35,6 +37,7 @@ def _serve_flags(
     context_size: int = 0,
     slots: int = 0,
     queue_size: int = -1,
+    models: str = "",
     alias: list[str] | None = None,
 ) -> None:
     """The flags start, restart and run share, declared once: `_serving` gives each task this
@@ -58,8 +61,7 @@ def _state(c: Context) -> tuple[Any, Any]:
 def _served(settings: Any, flags: dict[str, Any]) -> Any:
     from tasks.core import server as core
 
-    alias = flags.pop("alias", None)
-    return core.served_settings(settings, **flags, model_aliases=alias)
+    return core.served_settings(settings, **flags)
 
 
 @_serving
@@ -91,7 +93,7 @@ def _start(settings: Any, files: Any, served: Any) -> None:
     from tasks.core import server as core
     from tasks.core.console import console, say
 
-    with console().status(f"Loading {served.model_name}…"):
+    with console().status(f"Loading {served.default_model}…"):
         running = core.start(served, files, settings.server.start_timeout_s)
     say(f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid})")
 
@@ -114,7 +116,7 @@ def _stale(found: Any) -> str:
     return f"not running (stale pidfile removed: pid {found.pid} is not the server it recorded)"
 
 
-@task(aliases=["ps"], help={"json": JSON_HELP})
+@task(help={"json": JSON_HELP})
 def status(c: Context, json: bool = False) -> None:
     """Show the running server: pid, uptime, model, engine, URL, health."""
     import time
@@ -133,6 +135,69 @@ def status(c: Context, json: bool = False) -> None:
     uptime = time.strftime("%H:%M:%S", time.gmtime(time.time() - found.started))
     rows = [(found.pid, uptime, found.model, found.engine, found.url, found.health)]
     print_table("Inference server", ["pid", "uptime", "model", "engine", "url", "health"], rows)
+
+
+@task(help={"all": "also list the models that are not loaded", "json": JSON_HELP})
+def ps(c: Context, all: bool = False, json: bool = False) -> None:
+    """Show the models the server has loaded: memory, context, slots, busy, until when."""
+    from tasks.core import server as core
+    from tasks.core.catalog import describe_size
+    from tasks.core.console import print_table, say
+
+    listed = [m for m in core.models(_endpoint(c)[1]) if all or m.state != "unloaded"]
+    if not listed:
+        say("no model loaded (a request loads one: inv server.load NAME)")
+        return
+    rows = [
+        (
+            m.name + (" (default)" if m.default else ""),
+            m.engine,
+            m.state,
+            describe_size(m.resident_bytes) if m.resident_bytes else "",
+            describe_size(m.estimate_bytes),
+            m.context_size,
+            m.slots,
+            m.active_requests,
+            _until(m),
+        )
+        for m in listed
+    ]
+    columns = ["model", "engine", "state", "memory", "estimate", "context", "slots", "busy", "until"]
+    print_table("Models", columns, rows)
+
+
+def _until(model: Any) -> str:
+    if model.state != "loaded":
+        return ""
+    if model.pinned:
+        return "pinned"
+    if model.active_requests:
+        return "busy"
+    if model.expires_in_s is None:
+        return "forever"
+    return f"{model.expires_in_s:.0f} s"
+
+
+@task(help={"name": "catalog name or alias", "pin": "keep it loaded whatever happens"})
+def load(c: Context, name: str, pin: bool = False) -> None:
+    """Load a model into the running server now (evicting idle ones if the memory budget needs it)."""
+    from tasks.core import server as core
+    from tasks.core.console import console, say
+
+    with console().status(f"Loading {name}…"):
+        loaded = core.load(_endpoint(c)[1], name, pin)
+    say(f"{loaded.name} loaded" + (" and pinned" if loaded.pinned else ""), markup=False)
+
+
+@task(help={"name": "catalog name or alias"})
+def unload(c: Context, name: str) -> None:
+    """Unload a model (and unpin it); with requests in flight it unloads when they end."""
+    from tasks.core import server as core
+    from tasks.core.console import say
+
+    unloaded = core.unload(_endpoint(c)[1], name)
+    busy = f" once its {unloaded.active_requests} request(s) end" if unloaded.state == "loaded" else ""
+    say(f"{unloaded.name} unloaded{busy}", markup=False)
 
 
 @task(

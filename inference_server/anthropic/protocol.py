@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
+from inference_server.durations import KeepAlive
 from inference_server.limits import StopList, Unsupported
 
 
@@ -123,6 +124,7 @@ class CountTokensRequest(BaseModel):
 
 class MessagesRequest(CountTokensRequest):
     max_tokens: int = Field(ge=1)
+    keep_alive: KeepAlive | None = Field(default=None, description="Ollama's: how long the model stays")
     stream: bool = False
     stop_sequences: StopList = []
     temperature: float | None = Field(default=None, ge=0, le=1)

@@ -281,12 +281,13 @@ class AnthropicServing:
         self.runtime = runtime
 
     def conversation(self, request: p.CountTokensRequest) -> list[ChatMessage]:
-        self.runtime.check_model(request.model)
+        self.runtime.pool.route(request.model)
         return to_messages(request, strip_billing_header=self.runtime.settings.strip_billing_header)
 
     async def count_tokens(self, request: p.CountTokensRequest) -> p.CountTokensResponse:
         tools, _ = constraint(request)
-        count = await self.runtime.generation.count_tokens(ChatPrompt(self.conversation(request), tools))
+        prompt = ChatPrompt(self.conversation(request), tools)
+        count = await self.runtime.count_tokens(request.model, prompt)
         return p.CountTokensResponse(input_tokens=count)
 
     async def messages(self, request: Request, body_: p.MessagesRequest) -> p.MessageResponse | EventStream:
@@ -297,8 +298,13 @@ class AnthropicServing:
             temperature=1.0 if body_.temperature is None else body_.temperature,
             top_p=1.0 if body_.top_p is None else body_.top_p,
         )
-        start = self.runtime.generation.start(
-            ChatPrompt(messages, tools), params, body_.stop_sequences, constraint_plan
+        start = self.runtime.start(
+            body_.model,
+            ChatPrompt(messages, tools),
+            params,
+            body_.stop_sequences,
+            constraint_plan,
+            body_.keep_alive,
         )
         stream = await unless_disconnected(request, start)
         reply = Reply(f"msg_{uuid.uuid4().hex}", body_.model, tools)

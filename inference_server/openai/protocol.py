@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 from pydantic_core import PydanticCustomError
 
+from inference_server.durations import KeepAlive
 from inference_server.limits import Seed, StopList, Unsupported
 
 
@@ -122,6 +123,7 @@ class _Sampling(BaseModel):
     logit_bias: Unsupported = None
     presence_penalty: Unsupported = None
     frequency_penalty: Unsupported = None
+    keep_alive: KeepAlive | None = Field(default=None, description="Ollama's: how long the model stays")
 
 
 class ChatCompletionRequest(_Sampling):

@@ -239,12 +239,17 @@ class OpenAIServing:
         self.runtime = runtime
 
     async def chat(self, request: Request, body_: p.ChatCompletionRequest) -> p.ChatCompletion | EventStream:
-        self.runtime.check_model(body_.model)
+        self.runtime.pool.route(body_.model)
         tools, constraint_plan = constraint(body_)
         messages = to_messages(body_.messages)
         params = sampling(body_, body_.max_completion_tokens or body_.max_tokens)
-        start = self.runtime.generation.start(
-            ChatPrompt(messages, tools), params, body_.stop or [], constraint_plan
+        start = self.runtime.start(
+            body_.model,
+            ChatPrompt(messages, tools),
+            params,
+            body_.stop or [],
+            constraint_plan,
+            body_.keep_alive,
         )
         stream = await unless_disconnected(request, start)
         reply = ChatReply(body_.model, tools)
@@ -259,12 +264,13 @@ class OpenAIServing:
             await stream.aclose()
 
     async def complete(self, request: Request, body_: p.CompletionRequest) -> p.Completion | EventStream:
-        self.runtime.check_model(body_.model)
+        self.runtime.pool.route(body_.model)
         prompts = [body_.prompt] if isinstance(body_.prompt, str) else body_.prompt
         if len(prompts) != 1:
             raise ApiError("invalid_request", "prompt: send one prompt per request")
         prompt = prompts[0]
-        start = self.runtime.generation.start(prompt, sampling(body_, body_.max_tokens), body_.stop or [])
+        params = sampling(body_, body_.max_tokens)
+        start = self.runtime.start(body_.model, prompt, params, body_.stop or [], None, body_.keep_alive)
         stream = await unless_disconnected(request, start)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         echoed = prompt if body_.echo else ""

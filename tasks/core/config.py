@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from inference_server import durations
 from tasks.core.config_file import (
     CONFIG_FILE,
     PROJECT_ROOT,  # noqa: F401 (re-exported: config.PROJECT_ROOT)
@@ -44,6 +45,7 @@ class ServerConfig(Section):
     handed over by name (tasks.core.server.served_settings)."""
 
     model: str
+    models: list[str]
     host: str
     port: int = Field(ge=1, le=65535)
     engine: Literal["auto", "llama_cpp", "mlx"]
@@ -54,7 +56,11 @@ class ServerConfig(Section):
     queue_size: int = Field(ge=0)
     prefix_cache_bytes: int = Field(ge=0)
     threads: int = Field(ge=0)
-    model_aliases: list[str]
+    memory_budget_mb: int = Field(ge=0)
+    keep_alive: float
+    pinned: list[str]
+    swap_grace_s: float = Field(ge=0)
+    model_aliases: dict[str, str]
     claude_model: str
     claude_small_fast_model: str
     strip_billing_header: bool
@@ -67,6 +73,7 @@ class ServerConfig(Section):
     chat_max_tokens: int = Field(ge=0)
 
     _paths = field_validator("state_dir", mode="before")(lambda v: expand_path(str(v)))
+    _keep_alive = field_validator("keep_alive", mode="before")(durations.seconds)
     _key_file = field_validator("api_key_file", mode="before")(
         lambda v: str(expand_path(str(v))) if v else ""
     )

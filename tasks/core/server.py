@@ -17,24 +17,24 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
-from inference_server.engines import factory
+from inference_server import pool
+from inference_server.engines import factory, memory
 from inference_server.engines.base import EngineError
-from inference_server.settings import ServerSettings
+from inference_server.settings import Alias, ModelFormat, ModelSpec, ServerSettings
 from tasks.core import catalog, convert, server_state, store
-from tasks.core.config import PROJECT_ROOT, ModelsSettings, Settings
+from tasks.core.config import PROJECT_ROOT, ModelsSettings, ServerConfig, Settings
 from tasks.core.errors import HomelabError
 from tasks.core.files import PRIVATE, write_atomically
 from tasks.core.processes import alive
 from tasks.core.server_state import Endpoint, Running, Stale, StateFiles
 
 SHUTDOWN_MARGIN_S = 5.0  # after the grace period the engine still has to stop its worker
-CHAT_TIMEOUT_S = 300.0
-
-ModelFormat = Literal["gguf", "mlx", "safetensors"]
+CHAT_TIMEOUT_S = 300.0  # also a load's: a big model from a cold disk
+ADMIN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,44 +47,113 @@ class Status:
     health: str
 
 
-def served_settings(settings: Settings, api_key_file: str = "", **flags: Any) -> ServerSettings:
+def served_settings(
+    settings: Settings, api_key_file: str = "", models: str = "", alias: list[str] | None = None, **flags: Any
+) -> ServerSettings:
     """The server's settings: invoke.yaml's `server:` section, with every non-empty flag winning.
 
-    The fields both models share are taken over by name; the model's files, its format, the key and
-    the context (capped by the model's own) are worked out here."""
+    The fields both share are taken over by name; the models (each with its files, format and
+    context, capped by the model's own), the aliases, the key and the memory budget are worked out
+    here. `models` ("a,b") and `alias` ("PATTERN[=MODEL]", repeatable) replace the configured lists."""
     config = settings.server.model_copy(update={k: v for k, v in flags.items() if _given(k, v)})
-    entry = catalog.get_entry(catalog.load_catalog(settings.models.catalog), config.model)
-    path, model_format = _model_files(entry, config.engine, settings.models)
-    shared = set(ServerSettings.model_fields) & set(type(config).model_fields)
+    entries = catalog.load_catalog(settings.models.catalog)
+    default = catalog.get_entry(entries, config.model)
+    chosen = [n.strip() for n in models.split(",") if n.strip()] if models else config.models
+    served_entries = (
+        [catalog.get_entry(entries, name) for name in dict.fromkeys([default.name, *chosen])]
+        if chosen
+        else [default, *_installed(entries, config.engine, settings.models, besides=default.name)]
+    )
+    specs = [_spec(entry, config, settings.models) for entry in served_entries]
+    served_names = [spec.name for spec in specs]
     try:
         served = ServerSettings(
             **{
-                **config.model_dump(include=shared),
-                "model_name": entry.name,
-                "model_path": path,
-                "model_format": model_format,
+                **config.model_dump(
+                    include=set(ServerSettings.model_fields) & set(type(config).model_fields)
+                ),
+                "models": specs,
+                "default_model": default.name,
+                "model_aliases": _aliases(config, alias, served_names),
                 "api_key": server_state.api_key(settings.server, flags.get("api_key", ""), api_key_file),
-                "context_size": min(config.context_size, entry.context_length),
+                "memory_budget_bytes": config.memory_budget_mb * MIB or memory.default_budget_bytes(),
             }
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         raise HomelabError(str(first["msg"]).removeprefix("Value error, ")) from None
-    try:
-        factory.choose(served)
-    except EngineError as exc:
-        raise HomelabError(f"model '{entry.name}': {exc}", "pick another --engine (or auto)") from None
+    unknown_pins = set(config.pinned) - set(served_names)
+    if unknown_pins:
+        raise HomelabError(
+            f"server.pinned names {sorted(unknown_pins)}, which this server does not serve",
+            "install them or add them to server.models",
+        )
+    need = pool.footprint(served.default, served)
+    if need.bytes > served.memory_budget_bytes:
+        raise HomelabError(need.too_big(default.name, served.memory_budget_bytes))
     return served
 
 
-# Flags for which 0 is a real value (no queue at all); the task's default for them is -1.
-_ZERO_IS_A_VALUE = frozenset({"queue_size"})
+MIB = 2**20
+
+
+def _spec(entry: catalog.CatalogEntry, config: ServerConfig, models: ModelsSettings) -> ModelSpec:
+    path, model_format = _model_files(entry, config.engine, models)
+    try:
+        factory.choose(config.engine, model_format)
+    except EngineError as exc:
+        raise HomelabError(f"model '{entry.name}': {exc}", "pick another --engine (or auto)") from None
+    return ModelSpec(
+        name=entry.name,
+        path=path,
+        format=model_format,
+        context_size=min(config.context_size, entry.context_length),
+        slots=config.slots,
+        keep_alive_s=config.keep_alive,
+        pinned=entry.name in config.pinned,
+    )
+
+
+def _installed(
+    entries: dict[str, catalog.CatalogEntry], engine: str, models: ModelsSettings, besides: str
+) -> list[catalog.CatalogEntry]:
+    """Every other entry this host has the files of, in a format the engine serves."""
+    found = []
+    for entry in entries.values():
+        if entry.name == besides:
+            continue
+        try:
+            _, model_format = _model_files(entry, engine, models)
+            factory.choose(engine, model_format)  # type: ignore[arg-type]
+        except (HomelabError, EngineError):
+            continue
+        found.append(entry)
+    return found
+
+
+def _aliases(config: ServerConfig, flags: list[str] | None, served: list[str]) -> list[Alias]:
+    """PATTERN -> model ("" = the default); each target must be served here."""
+    pairs = (
+        [(f.partition("=")[0], f.partition("=")[2]) for f in flags] if flags else config.model_aliases.items()
+    )
+    aliases = [Alias(pattern=pattern, model=model or config.model) for pattern, model in pairs]
+    for alias in aliases:
+        if alias.model not in served:
+            raise HomelabError(
+                f"alias '{alias.pattern}' routes to '{alias.model}', which this server does not serve",
+                f"install it (inv models.download {alias.model}) or add it to server.models",
+            )
+    return aliases
+
+
+# Settings for which 0 is a real value (no queue at all, no grace); a task's default for them is -1.
+_ZERO_IS_A_VALUE = frozenset({"queue_size", "swap_grace_s"})
 
 
 def _given(name: str, value: Any) -> bool:
     """Whether a task flag was set: typed defaults (0, "", None) mean "from invoke.yaml"."""
     if name in _ZERO_IS_A_VALUE:
-        return isinstance(value, int) and value >= 0
+        return isinstance(value, int | float) and value >= 0
     return bool(value)
 
 
@@ -224,19 +293,101 @@ def chat(
     }
     if max_tokens:
         request["max_tokens"] = max_tokens
-    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
     url = endpoint.url
+    with (
+        _reaching(url, timeout_s),
+        httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=request, headers=_auth(endpoint), timeout=timeout_s
+        ) as r,
+    ):
+        if r.status_code != 200:
+            r.read()
+            raise HomelabError(f"server answered {r.status_code}: {_error_message(r.text)}")
+        for data in _sse_data(r.iter_lines()):
+            for choice in data.get("choices", []):
+                if text := choice.get("delta", {}).get("content"):
+                    on_text(text)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A row of `server.ps`: one model the server serves, as /admin/models reports it."""
+
+    name: str
+    engine: str
+    state: str
+    pinned: bool
+    default: bool
+    context_size: int
+    slots: int
+    active_requests: int
+    estimate_bytes: int
+    resident_bytes: int
+    expires_in_s: float | None  # None: not loaded, busy, pinned or kept forever
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> LoadedModel:
+        estimate = row.get("estimate") or {}
+        return cls(
+            row["name"],
+            row["engine"],
+            row["state"],
+            row["pinned"],
+            row["default"],
+            row["context_size"],
+            row["slots"],
+            row["active_requests"],
+            int(estimate.get("total_bytes", 0)),
+            row["resident_bytes"],
+            row["expires_in_s"],
+        )
+
+
+def models(endpoint: Endpoint) -> list[LoadedModel]:
+    """Every model the running server may serve, loaded or not."""
+    return [LoadedModel.of(row) for row in _admin(endpoint, "GET", "/admin/models")["models"]]
+
+
+def load(endpoint: Endpoint, name: str, pin: bool, timeout_s: float = CHAT_TIMEOUT_S) -> LoadedModel:
+    return LoadedModel.of(
+        _admin(endpoint, "POST", f"/admin/models/{name}/load", {"pin": str(pin).lower()}, timeout_s)
+    )
+
+
+def unload(endpoint: Endpoint, name: str) -> LoadedModel:
+    return LoadedModel.of(_admin(endpoint, "POST", f"/admin/models/{name}/unload"))
+
+
+def _admin(
+    endpoint: Endpoint,
+    method: str,
+    path: str,
+    params: dict[str, Any] | None = None,
+    timeout_s: float = ADMIN_TIMEOUT_S,
+) -> dict[str, Any]:
+    import httpx
+
+    with _reaching(endpoint.url, timeout_s):
+        r = httpx.request(
+            method, endpoint.url + path, params=params, headers=_auth(endpoint), timeout=timeout_s
+        )
+    if r.status_code != 200:
+        raise HomelabError(f"server answered {r.status_code}: {_error_message(r.text)}")
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def _auth(endpoint: Endpoint) -> dict[str, str]:
+    return {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+
+
+@contextlib.contextmanager
+def _reaching(url: str, timeout_s: float) -> Iterator[None]:
+    """Whatever goes wrong on the way to the server, as one line with what to do."""
+    import httpx
+
     try:
-        with httpx.stream(
-            "POST", f"{url}/v1/chat/completions", json=request, headers=headers, timeout=timeout_s
-        ) as r:
-            if r.status_code != 200:
-                r.read()
-                raise HomelabError(f"server answered {r.status_code}: {_error_message(r.text)}")
-            for data in _sse_data(r.iter_lines()):
-                for choice in data.get("choices", []):
-                    if text := choice.get("delta", {}).get("content"):
-                        on_text(text)
+        yield
     except httpx.ConnectError:
         raise HomelabError(f"no server at {url}", "start one: inv server.start") from None
     except httpx.TimeoutException:

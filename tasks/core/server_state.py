@@ -118,11 +118,15 @@ def look(files: StateFiles) -> Running | Stale | None:
     if not identity.matches():
         return Stale(identity.pid)
     served = _read_json(files.settings)
+    default = str(served.get("default_model", ""))
+    models = served.get("models")
+    listed: list[dict[str, Any]] = models if isinstance(models, list) else []
+    spec = next((m for m in listed if m.get("name") == default), {})
     endpoint = Endpoint(
         client_url(str(served.get("host", "")), int(served.get("port", 0))),
         str(served.get("api_key", "")),
-        str(served.get("model_name", "")),
-        int(served.get("context_size", 0)),
+        default,
+        int(spec.get("context_size", 0)),
     )
     return Running(identity, endpoint, str(served.get("engine", "")))
 

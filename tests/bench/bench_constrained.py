@@ -233,7 +233,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     print_table(
-        f"Constrained decoding on {settings.model_name}: greedy answers to {len(PEOPLE)} prompts, "
+        f"Constrained decoding on {settings.default_model}: greedy answers to {len(PEOPLE)} prompts, "
         f"best of {plan.rounds}",
         ["target", "mode", "streams", "tokens", "aggregate tok/s", "per-stream tok/s", "TTFT p50 s"],
         [
@@ -267,8 +267,8 @@ def main() -> None:
     write_json(
         BENCH_DIR / "constrained.json",
         {
-            "model": settings.model_name,
-            "slots": settings.slots,
+            "model": settings.default_model,
+            "slots": settings.default.slots,
             "plan": asdict(plan),
             "schema": SCHEMA,
             "load_average_before": load_before,

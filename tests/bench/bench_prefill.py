@@ -146,7 +146,8 @@ def main() -> None:
     load_after = os.getloadavg()
 
     print_table(
-        f"Prefill of {settings.model_name} ({settings.model_path.name}), context {settings.context_size}, "
+        f"Prefill of {settings.default_model} ({settings.default.path.name}), "
+        f"context {settings.default.context_size}, "
         f"{threads(settings)} threads, best of {plan.rounds}",
         ["target", "prompt tokens", "time to first token s", "prefill tok/s"],
         [
@@ -165,9 +166,9 @@ def main() -> None:
     write_json(
         BENCH_DIR / "prefill.json",
         {
-            "model": settings.model_name,
-            "context_size": settings.context_size,
-            "slots": settings.slots,
+            "model": settings.default_model,
+            "context_size": settings.default.context_size,
+            "slots": settings.default.slots,
             "threads": threads(settings),
             "plan": asdict(plan),
             "load_average_before": load_before,

@@ -127,7 +127,7 @@ def llama_cpp_python_target(settings: ServerSettings, plan: Plan) -> Iterator[Ta
     port = free_port()
     # One sequence at a time over the whole context: as much as one of our requests may use.
     cmd = peers.llama_cpp_python_server_cmd(
-        settings.model_path, port, context=settings.context_size, threads=threads(settings)
+        settings.default.path, port, context=settings.default.context_size, threads=threads(settings)
     )
     with peers.running(cmd, port, BENCH_DIR / "logs" / "llama-cpp-python-server.log") as url:
         yield http_target(peers.Served(url), plan)
@@ -218,7 +218,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     print_table(
-        f"{settings.model_name} ({settings.model_path.name}), {settings.slots} slots, "
+        f"{settings.default_model} ({settings.default.path.name}), {settings.default.slots} slots, "
         f"{plan.max_tokens}-token greedy answers, best of {plan.repeats}",
         ["target", "streams", "aggregate tok/s", "per-stream tok/s", "TTFT p50 s", "TTFT p95 s"],
         [
@@ -244,9 +244,9 @@ def main() -> None:
     write_json(
         BENCH_DIR / "serving.json",
         {
-            "model": settings.model_name,
-            "slots": settings.slots,
-            "context_size": settings.context_size,
+            "model": settings.default_model,
+            "slots": settings.default.slots,
+            "context_size": settings.default.context_size,
             "plan": asdict(plan),
             "load_average_before": load_before,
             "load_average_after": load_after,

@@ -58,7 +58,7 @@ def this_server(settings: ServerSettings) -> Iterator[Served]:
         files = server_state.StateFiles(Path(state))
         core.start(served, files, config.load().server.start_timeout_s)
         try:
-            yield Served(served.url, served.model_name, served.api_key)
+            yield Served(served.url, served.default_model, served.api_key)
         finally:
             core.stop(files, served.stop_grace_s)
 
@@ -69,8 +69,8 @@ def llama_server(settings: ServerSettings, bench_dir: Path, threads: int) -> Ite
     binary = build_llama_server(bench_dir / "llama-server")
     port = free_port()
     cmd = llama_server_cmd(
-        binary, settings.model_path, port,
-        slots=settings.slots, context=settings.context_size, threads=threads,
+        binary, settings.default.path, port,
+        slots=settings.default.slots, context=settings.default.context_size, threads=threads,
     )  # fmt: skip
     with running(cmd, port, bench_dir / "logs" / "llama-server.log") as url:
         yield Served(url)

@@ -38,7 +38,7 @@ def server_schema(inference_server: RunningServer) -> Any:
     """The schema the running server serves (asked with the key), its `model` fields narrowed."""
     headers = {"x-api-key": inference_server.api_key}
     document = httpx.get(f"{inference_server.url}/openapi.json", headers=headers, timeout=TIMEOUT).json()
-    served = [inference_server.settings.model_name, "claude-haiku-4-5"]  # a name and a claude-* alias
+    served = [inference_server.settings.default_model, "claude-haiku-4-5"]  # a name and a claude-* alias
     for component in document["components"]["schemas"].values():
         model = component.get("properties", {}).get("model")
         if model is not None and model.get("type") == "string":

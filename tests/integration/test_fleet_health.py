@@ -25,7 +25,7 @@ def test_running_server_is_healthy_at_the_address_it_bound(
         settings = config.validate(project_config)
         facts = fleet.local_facts(settings)
         assert (facts.server, facts.health) == (f"running (pid {server.pid})", "ok")
-        assert facts.model == server.settings.model_name
+        assert facts.model == server.settings.default_model
     stopped = fleet.local_facts(settings)
     assert (stopped.server, stopped.health) == ("stopped", "down")
     assert stopped.model == f"{settings.server.model} (configured)"

@@ -46,7 +46,8 @@ def test_running_server_reports_its_own_model_not_the_configured_one(
 ) -> None:
     files = StateFiles(tmp_path)
     assert server_state.record(files, os.getpid(), psutil.Process().cmdline())  # stands in for a server
-    files.settings.write_text(json.dumps({"model_name": "tinyllama", "port": 1, "host": "127.0.0.1"}))
+    served = {"default_model": "tinyllama", "models": [{"name": "tinyllama"}], "port": 1, "host": "127.0.0.1"}
+    files.settings.write_text(json.dumps(served))
     facts = facts_with_state(project_config, tmp_path)
     assert facts.server == f"running (pid {os.getpid()})"
     assert (facts.model, facts.health) == ("tinyllama", "down")

@@ -18,20 +18,28 @@ from inference_server.errors import body
 from inference_server.settings import ServerSettings
 from inference_server.streaming import HOLE, filler, sse
 
+MODEL = {
+    "name": "smollm2",
+    "path": "/models/smollm2.gguf",
+    "format": "gguf",
+    "context_size": 2048,
+    "slots": 2,
+    "keep_alive_s": 300,
+    "pinned": False,
+}
 SETTINGS = {
-    "model_name": "smollm2",
-    "model_path": "/models/smollm2.gguf",
-    "model_format": "gguf",
+    "models": [MODEL],
+    "default_model": "smollm2",
+    "model_aliases": [{"pattern": "claude-*", "model": "smollm2"}],
     "engine": "auto",
     "host": "127.0.0.1",
     "port": 8080,
     "api_key": "",
-    "context_size": 2048,
-    "slots": 2,
     "queue_size": 4,
     "prefix_cache_bytes": 0,
     "threads": 0,
-    "model_aliases": ["claude-*"],
+    "memory_budget_bytes": 2**30,
+    "swap_grace_s": 1,
     "strip_billing_header": True,
     "allowed_hosts": ["localhost", "127.0.0.1", "::1"],
     "stop_grace_s": 5,
@@ -68,14 +76,41 @@ def test_settings_refuse_off_loopback_without_a_key() -> None:
 
 
 def test_engine_follows_the_model_format_unless_named() -> None:
-    gguf = ServerSettings.model_validate(SETTINGS)
-    mlx = ServerSettings.model_validate({**SETTINGS, "model_format": "mlx", "model_path": "/models/m"})
-    assert factory.choose(gguf) == "llama_cpp"
-    assert factory.choose(mlx) == "mlx"
+    assert factory.choose("auto", "gguf") == "llama_cpp"
+    assert factory.choose("auto", "mlx") == "mlx"
+    assert factory.choose("auto", "safetensors") == "mlx"
     with pytest.raises(EngineError, match="convert"):
-        factory.choose(gguf.model_copy(update={"engine": "mlx"}))
+        factory.choose("mlx", "gguf")
     with pytest.raises(EngineError, match="GGUF"):
-        factory.choose(mlx.model_copy(update={"engine": "llama_cpp"}))
+        factory.choose("llama_cpp", "mlx")
+
+
+def test_settings_refuse_an_unknown_default_a_twice_named_model_and_an_alias_to_nowhere() -> None:
+    with pytest.raises(ValidationError, match="default_model 'qwen' is not one of the models"):
+        ServerSettings.model_validate({**SETTINGS, "default_model": "qwen"})
+    with pytest.raises(ValidationError, match="a name appears twice"):
+        ServerSettings.model_validate({**SETTINGS, "models": [MODEL, MODEL]})
+    with pytest.raises(ValidationError, match="alias 'claude-\\*' routes to 'qwen'"):
+        ServerSettings.model_validate(
+            {**SETTINGS, "model_aliases": [{"pattern": "claude-*", "model": "qwen"}]}
+        )
+
+
+def test_a_name_routes_to_its_model_else_to_the_first_alias_that_matches() -> None:
+    other = {**MODEL, "name": "gemma3", "path": "/models/gemma3.gguf"}
+    aliases = [{"pattern": "claude-haiku-*", "model": "gemma3"}, {"pattern": "claude-*", "model": "smollm2"}]
+    settings = ServerSettings.model_validate({**SETTINGS, "models": [MODEL, other], "model_aliases": aliases})
+    routed = {
+        name: getattr(settings.route(name), "name", None)
+        for name in ["gemma3", "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4", "gpt-4"]
+    }
+    assert routed == {
+        "gemma3": "gemma3",
+        "claude-haiku-4-5": "gemma3",
+        "claude-sonnet-4-6": "smollm2",
+        "claude-opus-4": "smollm2",
+        "gpt-4": None,
+    }
 
 
 def test_admission_refuses_beyond_the_queue_bound() -> None:
@@ -102,8 +137,8 @@ def test_settings_round_trip_through_json(tmp_path: Path) -> None:
     assert load(tmp_path / "s.json") == settings
 
 
-def test_health_and_the_apis_answer_503_until_the_model_is_loaded() -> None:
-    """The real app before its startup has run: the engine exists but has not loaded the model."""
+def test_health_answers_503_until_the_model_is_loaded_and_a_failed_load_names_model_and_reason() -> None:
+    """The real app before its startup has run: a request loads the model, whose file is missing."""
     from fastapi.testclient import TestClient
 
     from inference_server.app import create_app
@@ -114,10 +149,11 @@ def test_health_and_the_apis_answer_503_until_the_model_is_loaded() -> None:
     question = {"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
     refused = client.post("/v1/messages", json=question)
     assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
-    assert refused.json()["error"] == {
-        "type": "overloaded_error",
-        "message": "not ready: the model is still loading",
-    }
+    error = refused.json()["error"]
+    assert error["type"] == "overloaded_error"
+    assert error["message"].startswith("model 'smollm2' failed to load: ")
+    assert "smollm2.gguf" in error["message"]
+    assert client.get("/health").json()["detail"].startswith("loading failed: ")
 
 
 @pytest.mark.parametrize("text", ["Hello", ' quotes " and \\ back', "é ☃ \u2028 line\nbreak", "\x00"])
@@ -173,3 +209,13 @@ def test_the_openapi_schema_wants_the_key_when_one_is_set() -> None:
     keyed = TestClient(create_app(ServerSettings.model_validate({**SETTINGS, "api_key": "k"})))
     assert keyed.get("/openapi.json").status_code == 401
     assert "/v1/messages" in keyed.get("/openapi.json", headers={"x-api-key": "k"}).json()["paths"]
+
+
+def test_keep_alive_durations_read_as_ollama_writes_them() -> None:
+    from inference_server.durations import seconds
+
+    read = [seconds(v) for v in (300, 2.5, "90", "30s", "5m", "1h30m", "250ms", -5, "-1", "-1m", 0, "0")]
+    assert read == [300, 2.5, 90, 30, 300, 5400, 0.25, -1, -1, -1, 0, 0]
+    for bad in ("soon", "5 m", "m5", True, ""):
+        with pytest.raises(ValueError, match="duration"):
+            seconds(bad)

@@ -12,17 +12,17 @@ import pytest
 
 from tasks.core import config, server_state
 from tasks.core import server as core
-from tasks.core.errors import HomelabError
+from tasks.core.errors import ConfigError, HomelabError
 from tasks.core.server_state import StateFiles
 
 
 def test_flags_beat_config_and_context_is_capped_by_the_model(project_config: dict[str, Any]) -> None:
     project_config["server"]["context_size"] = 65536
     served = core.served_settings(config.validate(project_config), port=9001, slots=3)
-    assert (served.port, served.slots) == (9001, 3)
+    assert (served.port, served.default.slots) == (9001, 3)
     assert served.queue_size == project_config["server"]["queue_size"]
-    assert served.context_size == 8192  # smollm2's catalog context_length
-    assert served.model_path.name.endswith(".gguf")
+    assert served.default.context_size == 8192  # smollm2's catalog context_length
+    assert served.default.path.name.endswith(".gguf")
 
 
 def test_model_not_on_disk_names_the_download_command(project_config: dict[str, Any]) -> None:
@@ -75,3 +75,37 @@ def test_a_queue_size_of_zero_is_a_value_not_unset(project_config: dict[str, Any
     unset = core.served_settings(config.validate(project_config), queue_size=-1)
     assert none_wait.queue_size == 0
     assert unset.queue_size == project_config["server"]["queue_size"] > 0
+
+
+def test_models_aliases_keep_alive_and_pins_come_from_config_or_flags(project_config: dict[str, Any]) -> None:
+    project_config["server"].update(keep_alive="1h30m", pinned=["smollm2"])
+    served = core.served_settings(
+        config.validate(project_config), models="smollm2", alias=["claude-haiku-*=smollm2", "gpt-*"]
+    )
+    assert [spec.name for spec in served.models] == ["smollm2"]
+    assert (served.default.keep_alive_s, served.default.pinned) == (5400, True)
+    assert [(a.pattern, a.model) for a in served.model_aliases] == [
+        ("claude-haiku-*", "smollm2"),
+        ("gpt-*", "smollm2"),
+    ]
+    assert served.route("gpt-4o") == served.default
+
+
+def test_an_alias_to_a_model_not_served_names_it_and_the_fix(project_config: dict[str, Any]) -> None:
+    with pytest.raises(HomelabError, match=r"^alias 'claude-haiku-\*' routes to 'qwen', which this server"):
+        core.served_settings(config.validate(project_config), alias=["claude-haiku-*=qwen"])
+    project_config["server"]["pinned"] = ["qwen"]
+    with pytest.raises(HomelabError, match=r"server.pinned names \['qwen'\], which this server does not"):
+        core.served_settings(config.validate(project_config))
+
+
+def test_a_bad_keep_alive_is_one_line_naming_the_setting(project_config: dict[str, Any]) -> None:
+    project_config["server"]["keep_alive"] = "soon"
+    with pytest.raises(ConfigError, match=r"'server.keep_alive' = 'soon': .*30s, 5m, 1h30m"):
+        config.validate(project_config)
+
+
+def test_a_default_model_over_the_budget_is_refused_with_its_numbers(project_config: dict[str, Any]) -> None:
+    project_config["server"]["memory_budget_mb"] = 8
+    with pytest.raises(HomelabError, match=r"^model 'smollm2' needs [\d,]+ MiB \(weights [\d,]+ MiB \+ KV"):
+        core.served_settings(config.validate(project_config))
