@@ -252,6 +252,14 @@ def test_server_start_status_stop_through_fab(ssh_lab: Lab, lab_yaml: Path) -> N
         assert cli("fab", lab_yaml, "-H", "b", "server.status").returncode == 0
         status = cli("inv", lab_yaml, "fleet.status", "--hosts", "b")
         assert "running (pid" in status.stdout and "│ ok " in status.stdout, status.stdout
+        loaded = cli("fab", lab_yaml, "-H", "b", "server.load", "gemma3", timeout_s=300)
+        assert loaded.returncode == 0 and "gemma3 loaded" in loaded.stdout, loaded.stdout + loaded.stderr
+        shown = cli("fab", lab_yaml, "-H", "b", "server.ps", "--json")
+        rows = {row["model"]: row for row in json.loads(shown.stdout)["rows"]}
+        assert rows["gemma3"]["state"] == "loaded" and rows["smollm2 (default)"]["state"] == "loaded", rows
+        unloaded = cli("fab", lab_yaml, "-H", "b", "server.unload", "gemma3")
+        assert unloaded.returncode == 0 and "gemma3 unloaded" in unloaded.stdout, unloaded.stderr
+        assert "gemma3" not in cli("fab", lab_yaml, "-H", "b", "server.ps").stdout
     finally:
         stopped = cli("fab", lab_yaml, "-H", "b", "server.stop", timeout_s=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
