@@ -413,7 +413,7 @@ def test_a_lone_surrogate_is_a_400_and_leaks_no_slot(inference_server: RunningSe
     """Slots + queue + 1 such requests in a row: each is refused, none keeps its slot."""
     bad = '{"model":"smollm2","max_tokens":2,"messages":[{"role":"user","content":"\\ud800"}]}'
     headers = {**auth(inference_server), "content-type": "application/json"}
-    for _ in range(inference_server.settings.slots + inference_server.settings.queue_size + 1):
+    for _ in range(inference_server.settings.default.slots + inference_server.settings.queue_size + 1):
         refused = post(f"{inference_server.url}{path}", content=bad, headers=headers)
         assert refused.status_code == 400, refused.text
         assert "surrogate" in refused.text
