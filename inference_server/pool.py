@@ -111,6 +111,7 @@ class _Waiter:
     model: str
     since: float
     granted: bool = False  # the model loaded and this waiter already holds it
+    error: str = ""  # the load this waiter waited for failed: it answers with this, and retries nothing
 
 
 class Held:
@@ -194,18 +195,19 @@ class Pool:
         self._waiting.append(waiter)
         try:
             while not waiter.granted:
+                if waiter.error:
+                    raise ApiError(
+                        "overloaded",
+                        f"model '{model.spec.name}' failed to load: {waiter.error}",
+                        retry_after_s=5,
+                    )
                 if model.state == "loaded" and self._door_open(model):
                     model.held += 1
                     waiter.granted = True
                     break
                 self._schedule()
                 if model.state == "loading" and model.transition is not None:
-                    try:
-                        await asyncio.shield(model.transition)
-                    except EngineError as exc:
-                        raise ApiError(
-                            "overloaded", f"model '{model.spec.name}' failed to load: {exc}", retry_after_s=5
-                        ) from None
+                    await asyncio.shield(model.transition)
                 else:
                     await asyncio.shield(self._changed())
         except BaseException:
@@ -234,26 +236,26 @@ class Pool:
         model = self.route(name)
         model.pinned = False
         if model.state == "loading" and model.transition is not None:
-            await asyncio.gather(asyncio.shield(model.transition), return_exceptions=True)
+            await asyncio.shield(model.transition)
         if model.idle:
             await self._unload(model, "admin")
         elif model.state == "loaded":
             model.draining = True
         return model
 
-    def health(self) -> tuple[bool, str]:
-        """Healthy while the default model can serve: loaded and its engine alive, or unloaded after
-        having loaded once (a request loads it again)."""
+    def health(self) -> tuple[Literal["ok", "loading", "error"], str]:
+        """ok while the default model can serve: loaded with its engine alive, or unloaded after
+        having loaded once (a request loads it again); else why not."""
         model = self.default
         if model.state == "loaded":
             if model.engine is not None and model.engine.healthy():
-                return True, ""
-            return False, "the engine worker stopped: restart the server (see its log)"
+                return "ok", ""
+            return "error", "the engine worker stopped: restart the server (see its log)"
         if model.loaded_once:
-            return True, ""
+            return "ok", ""
         if model.last_error:
-            return False, f"loading failed: {model.last_error}"
-        return False, f"loading {model.spec.name}"
+            return "error", f"loading failed: {model.last_error}"
+        return "loading", f"loading {model.spec.name}"
 
     # -- life of the pool -----------------------------------------------------------------------
 
@@ -310,7 +312,7 @@ class Pool:
         """Start the next load: the oldest waiter's model, once it fits after evicting idle models."""
         if any(m.state == "loading" for m in self.models.values()):
             return
-        for name in dict.fromkeys(w.model for w in self._waiting):
+        for name in dict.fromkeys(w.model for w in self._waiting if not w.error):
             model = self.models[name]
             if model.state != "unloaded":
                 continue
@@ -349,14 +351,13 @@ class Pool:
     def _begin_load(self, model: Model) -> None:
         model.state = "loading"
         model.transition = asyncio.get_running_loop().create_future()
-        model.transition.add_done_callback(lambda f: f.exception())  # a failure nobody awaited is fine
         self._spawn(self._load(model))
 
     async def _load(self, model: Model) -> None:
         assert model.transition is not None
         done = model.transition
         unloading = [m.transition for m in self.models.values() if m.state == "unloading" and m.transition]
-        await asyncio.gather(*unloading, return_exceptions=True)  # their memory first
+        await asyncio.gather(*unloading)  # their memory first
         started = time.monotonic()
         try:
             engine, resident = await asyncio.to_thread(self._start_engine, model.spec)
@@ -364,8 +365,11 @@ class Pool:
             reason = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
             log.error("loading %s failed: %s", model.spec.name, reason)
             model.state, model.last_error, model.transition = "unloaded", reason, None
+            for waiter in self._waiting:  # each answers with the reason; the next request tries again
+                if waiter.model == model.spec.name:
+                    waiter.error = reason
             self.metrics.model_loads.labels(model.spec.name, "failed").inc()
-            done.set_exception(EngineError(reason))
+            done.set_result(None)
         else:
             model.engine, model.resident_bytes = engine, resident
             model.generation = Generation(

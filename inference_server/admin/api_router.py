@@ -23,9 +23,9 @@ async def health(request: Request) -> JSONResponse:
     """200 while the default model can serve; 503 while it first loads, after a failed load, or once
     its engine died."""
     state: Runtime = request.app.state.runtime
-    ok, detail = state.pool.health()
+    status, detail = state.pool.health()
     default = state.pool.default
-    if ok:
+    if status == "ok":
         loaded = [name for name, m in state.pool.models.items() if m.state == "loaded"]
         info = default.engine.info if default.engine is not None else None
         return JSONResponse(
@@ -37,7 +37,6 @@ async def health(request: Request) -> JSONResponse:
                 "loaded": loaded,
             }
         )
-    status = "loading" if detail.startswith("loading ") else "error"
     return JSONResponse({"status": status, "detail": detail}, status_code=503, headers={"Retry-After": "2"})
 
 

@@ -55,7 +55,12 @@ def served_settings(
     The fields both share are taken over by name; the models (each with its files, format and
     context, capped by the model's own), the aliases, the key and the memory budget are worked out
     here. `models` ("a,b") and `alias` ("PATTERN[=MODEL]", repeatable) replace the configured lists."""
-    config = settings.server.model_copy(update={k: v for k, v in flags.items() if _given(k, v)})
+    given = {k: v for k, v in flags.items() if _given(k, v)}
+    try:  # validated again, so a flag is held to its setting's rules (a keep_alive of "5m", say)
+        config = ServerConfig.model_validate({**settings.server.model_dump(), **given})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise HomelabError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     entries = catalog.load_catalog(settings.models.catalog)
     default = catalog.get_entry(entries, config.model)
     chosen = [n.strip() for n in models.split(",") if n.strip()] if models else config.models

@@ -215,7 +215,7 @@ def main() -> None:
     lengths: dict[int, int] = {}
     answers: list[str] = []
     figures: dict[str, dict[str, dict[int, Round]]] = {}
-    engine = factory.create(settings)
+    engine = factory.create(settings.default, settings)
     engine.start()
     try:
         out.print("[bold]engine[/]: measuring…")

@@ -113,7 +113,7 @@ def main() -> None:
     load_before = os.getloadavg()
     best: dict[str, dict[int, Prefill]] = {}
     with contextlib.ExitStack() as stack:
-        engine = factory.create(settings)
+        engine = factory.create(settings.default, settings)
         engine.start()
         stack.callback(engine.close)
         targets: dict[str, Measure] = {ENGINE: engine_measure(engine)}

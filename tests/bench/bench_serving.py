@@ -78,7 +78,7 @@ class Target:
 
 @contextmanager
 def engine_target(settings: ServerSettings, plan: Plan) -> Iterator[Target]:
-    engine = factory.create(settings)
+    engine = factory.create(settings.default, settings)
     engine.start()
     params = SamplingParams(max_tokens=plan.max_tokens, temperature=0)
 

@@ -154,6 +154,10 @@ def test_health_answers_503_until_the_model_is_loaded_and_a_failed_load_names_mo
     assert error["message"].startswith("model 'smollm2' failed to load: ")
     assert "smollm2.gguf" in error["message"]
     assert client.get("/health").json()["detail"].startswith("loading failed: ")
+    again = client.post("/v1/messages", json=question)  # the next request tries the load again
+    assert again.status_code == 503 and "failed to load" in again.json()["error"]["message"]
+    metrics = client.get("/metrics").text
+    assert 'homelab_model_loads_total{model="smollm2",outcome="failed"} 2.0' in metrics
 
 
 @pytest.mark.parametrize("text", ["Hello", ' quotes " and \\ back', "é ☃ \u2028 line\nbreak", "\x00"])
