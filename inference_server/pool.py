@@ -141,6 +141,7 @@ class Pool:
         self.models = {spec.name: self._model(spec) for spec in settings.models}
         self._waiting: list[_Waiter] = []
         self._tick: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         metrics.track_models(self)
 
@@ -304,35 +305,54 @@ class Pool:
         cutoff = time.monotonic() - self.settings.swap_grace_s
         blocked = {w.model for w in self._waiting if w.model != model.spec.name and w.since <= cutoff}
         return not any(
-            self.models[name].state == "unloaded" and self._victims(self.models[name]) is None
+            self.models[name].state == "unloaded" and self._victims(self.models[name], None) is None
             for name in blocked
         )
 
     def _schedule(self) -> None:
-        """Start the next load: the oldest waiter's model, once it fits after evicting idle models."""
+        """Start the next load: the oldest waiter's model, once it fits after evicting idle models.
+        Within the grace a model that served a request after the waiter arrived is spared (a client
+        keeps it busy and comes back); the waiting model is woken when the grace runs out. A model
+        unused since the waiter came (one client alternating between two models) goes at once."""
         if any(m.state == "loading" for m in self.models.values()):
             return
-        for name in dict.fromkeys(w.model for w in self._waiting if not w.error):
+        now = time.monotonic()
+        oldest: dict[str, float] = {}
+        for waiter in self._waiting:
+            if not waiter.error:
+                oldest.setdefault(waiter.model, waiter.since)
+        for name, since in oldest.items():
             model = self.models[name]
             if model.state != "unloaded":
                 continue
-            victims = self._victims(model)
+            patient = now - since >= self.settings.swap_grace_s
+            victims = self._victims(model, None if patient else since)
             if victims is None:
+                if not patient and self._victims(model, None) is not None:
+                    self._wake_in(since + self.settings.swap_grace_s - now)
                 return  # first come, first loaded: the oldest waits for busy models to drain
             for victim in victims:
                 self._begin_unload(victim, "evicted")
             self._begin_load(model)
             return
 
-    def _victims(self, model: Model) -> list[Model] | None:
+    def _victims(self, model: Model, spare_used_since: float | None) -> list[Model] | None:
         """The idle models to evict so `model` fits (least recently used first), or None if it cannot
-        fit until busy models finish. Models already unloading count as free."""
+        fit until busy models finish. Models already unloading count as free; models that served a
+        request after `spare_used_since` are spared."""
         free = self.settings.memory_budget_bytes - sum(
             m.need.bytes for m in self.models.values() if m.state in ("loading", "loaded")
         )
         victims: list[Model] = []
         idle = sorted(
-            (m for m in self.models.values() if m.idle and not m.pinned and m is not model),
+            (
+                m
+                for m in self.models.values()
+                if m.idle
+                and not m.pinned
+                and m is not model
+                and (spare_used_since is None or m.last_used <= spare_used_since)
+            ),
             key=lambda m: m.last_used,
         )
         for candidate in idle:
@@ -341,6 +361,16 @@ class Pool:
             victims.append(candidate)
             free += candidate.need.bytes
         return victims if model.need.bytes <= free else None
+
+    def _wake_in(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._notify()
+        self._schedule()
 
     def _refuse_if_never_fits(self, model: Model) -> None:
         pinned = sum(m.need.bytes for m in self.models.values() if m.pinned and m is not model)
