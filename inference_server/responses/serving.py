@@ -154,26 +154,34 @@ class _Items:
     def __init__(self) -> None:
         self.items: list[p.OutputMessage | p.FunctionCall] = []
         self._message: p.OutputMessage | None = None  # the open one
-        self._calls: dict[int, p.FunctionCall] = {}  # open calls by their index in the answer
-        self._cut: set[int] = set()  # ids of the calls the budget cut short
+        self._where: dict[str, Any] = {}  # the open message's item_id, output_index, content_index
+        self._pieces: list[str] = []  # its text so far
+        self._calls: dict[int, tuple[int, p.FunctionCall]] = {}  # open calls: output index, item
+        self._cut: set[int] = set()  # output indices of the calls the budget cut short
 
     @property
     def output(self) -> list[p.OutputMessage | p.FunctionCall]:
-        return [item for item in self.items if id(item) not in self._cut]
+        return [item for index, item in enumerate(self.items) if index not in self._cut]
 
     def part(self, part: Part) -> list[Event]:
         if isinstance(part, Text):
-            return [*self._open_message(), self._text_delta(part.text)]
+            opening = self._open_message()
+            self._pieces.append(part.text)
+            return [
+                *opening,
+                ("response.output_text.delta", {**self._where, "delta": part.text, "logprobs": []}),
+            ]
         if isinstance(part, Opened):
             call = p.FunctionCall(
                 id=_id("fc_"), call_id=part.id, name=part.name, arguments="", status="in_progress"
             )
-            self._calls[part.index] = call
-            return [*self._close_message("completed"), self._added(call)]
+            closed = self._close_message("completed")
+            self._calls[part.index] = (len(self.items), call)
+            return [*closed, self._added(call)]
         if isinstance(part, Fragment):
-            call = self._calls[part.index]
+            index, call = self._calls[part.index]
             call.arguments += part.text
-            fields = {"item_id": call.id, "output_index": self.items.index(call), "delta": part.text}
+            fields = {"item_id": call.id, "output_index": index, "delta": part.text}
             return [("response.function_call_arguments.delta", fields)]
         return self._close_call(part)
 
@@ -181,12 +189,10 @@ class _Items:
         """Close what is still open; an answer with no item at all gets one empty message."""
         events = [] if self.items else self._open_message()
         events += self._close_message(status)
-        for call in self._calls.values():
+        for index, call in self._calls.values():
             call.status = "incomplete"
-            self._cut.add(id(call))
-            events.append(
-                ("response.output_item.done", {"output_index": self.items.index(call), "item": _dump(call)})
-            )
+            self._cut.add(index)
+            events.append(("response.output_item.done", {"output_index": index, "item": _dump(call)}))
         self._calls.clear()
         return events
 
@@ -199,24 +205,18 @@ class _Items:
             return []
         self._message = p.OutputMessage(id=_id("msg_"), status="in_progress", content=[])
         added = self._added(self._message)
-        self._message.content.append(p.OutputText(text=""))
-        return [
-            added,
-            ("response.content_part.added", {**self._where(), "part": _dump(self._message.content[0])}),
-        ]
-
-    def _text_delta(self, text: str) -> Event:
-        assert self._message is not None
-        self._message.content[0].text += text
-        return "response.output_text.delta", {**self._where(), "delta": text, "logprobs": []}
+        self._where.update(item_id=self._message.id, output_index=len(self.items) - 1, content_index=0)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return [added, ("response.content_part.added", {**self._where, "part": part})]
 
     def _close_message(self, status: p.Status) -> list[Event]:
-        message, self._message = self._message, None
+        message, where = self._message, self._where
         if message is None:
             return []
-        message.status = status
-        where = {"item_id": message.id, "output_index": self.items.index(message), "content_index": 0}
-        text = message.content[0]
+        self._message, self._where = None, {}
+        text = p.OutputText(text="".join(self._pieces))
+        self._pieces = []
+        message.content, message.status = [text], status
         return [
             ("response.output_text.done", {**where, "text": text.text, "logprobs": []}),
             ("response.content_part.done", {**where, "part": _dump(text)}),
@@ -224,9 +224,8 @@ class _Items:
         ]
 
     def _close_call(self, part: Closed) -> list[Event]:
-        call = self._calls.pop(part.index)
+        index, call = self._calls.pop(part.index)
         call.arguments, call.status = canonical(part.call.arguments), "completed"
-        index = self.items.index(call)
         return [
             (
                 "response.function_call_arguments.done",
@@ -234,14 +233,6 @@ class _Items:
             ),
             ("response.output_item.done", {"output_index": index, "item": _dump(call)}),
         ]
-
-    def _where(self) -> dict[str, Any]:
-        assert self._message is not None
-        return {
-            "item_id": self._message.id,
-            "output_index": self.items.index(self._message),
-            "content_index": 0,
-        }
 
 
 def _id(prefix: str) -> str:
