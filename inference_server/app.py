@@ -20,6 +20,7 @@ from inference_server.auth import require_api_key
 from inference_server.metrics import Metrics
 from inference_server.openai.api_router import router as openai_router
 from inference_server.pool import Pool
+from inference_server.responses.api_router import router as responses_router
 from inference_server.runtime import Runtime
 from inference_server.settings import ServerSettings
 
@@ -63,6 +64,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(openai_router)
     app.include_router(anthropic_router)
+    app.include_router(responses_router)
     return app
 
 

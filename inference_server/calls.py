@@ -49,6 +49,19 @@ def canonical(arguments: dict[str, Any]) -> str:
     return json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
 
 
+def parsed_arguments(text: str, where: str) -> dict[str, Any]:
+    """A history call's arguments, which clients send as JSON text; empty means none."""
+    if not text.strip():
+        return {}
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError("invalid_request", f"{where}: not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ApiError("invalid_request", f"{where}: must be a JSON object")
+    return parsed
+
+
 def tool_spec(name: str, description: str, schema: object, where: str) -> ToolSpec:
     """A declared tool, its schema checked: a schema that is not a schema is the client's error."""
     try:

@@ -4,7 +4,7 @@ starts a generation or counts a prompt on the model a request names."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -13,6 +13,7 @@ from inference_server.engines.base import SamplingParams
 from inference_server.generation import Prompt, Stream
 from inference_server.metrics import Metrics
 from inference_server.pool import Pool
+from inference_server.responses.store import ResponseStore
 from inference_server.settings import ServerSettings
 
 
@@ -21,6 +22,7 @@ class Runtime:
     settings: ServerSettings
     pool: Pool
     metrics: Metrics
+    responses: ResponseStore = field(default_factory=ResponseStore)  # for previous_response_id
 
     async def start(
         self,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 from fastapi import Request
 from pydantic import BaseModel
@@ -26,6 +25,7 @@ from inference_server.calls import (
     canonical,
     complete,
     json_answer,
+    parsed_arguments,
     parts,
     plan,
     tool_spec,
@@ -55,19 +55,6 @@ def flatten(content: str | list[p.ContentPart] | None) -> str:
     return "\n".join(part.text if part.type == "text" else f"[{part.type}]" for part in content)
 
 
-def arguments(call: p.ToolCall, where: str) -> dict[str, Any]:
-    """A history call's arguments, parsed: the client sent them as text."""
-    if not call.function.arguments.strip():
-        return {}
-    try:
-        parsed = json.loads(call.function.arguments)
-    except json.JSONDecodeError as exc:
-        raise ApiError("invalid_request", f"{where}.function.arguments: not JSON ({exc})") from None
-    if not isinstance(parsed, dict):
-        raise ApiError("invalid_request", f"{where}.function.arguments: must be a JSON object")
-    return parsed
-
-
 def to_messages(messages: list[p.Message]) -> list[ChatMessage]:
     """The conversation as engine messages; every tool result must answer an earlier call."""
     converted = []
@@ -75,7 +62,13 @@ def to_messages(messages: list[p.Message]) -> list[ChatMessage]:
     for i, message in enumerate(messages):
         role = _ROLES[message.role]
         calls = tuple(
-            ToolCall(call.id, call.function.name, arguments(call, f"messages[{i}].tool_calls[{j}]"))
+            ToolCall(
+                call.id,
+                call.function.name,
+                parsed_arguments(
+                    call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments"
+                ),
+            )
             for j, call in enumerate(message.tool_calls or [])
         )
         for call in calls:
