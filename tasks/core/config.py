@@ -51,6 +51,7 @@ class ServerConfig(Section):
     api_key_file: str
     context_size: int = Field(ge=256)
     slots: int = Field(ge=1)
+    memory_budget_mb: int = Field(ge=0)
     queue_size: int = Field(ge=0)
     prefix_cache_bytes: int = Field(ge=0)
     threads: int = Field(ge=0)
