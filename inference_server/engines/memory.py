@@ -21,6 +21,7 @@ swa_full = true):
   so only a sliver of it is ever touched; what is resident is calibrated instead (see COMPUTE_*):
   the vocabulary's tables, one row of logits per slot (the output buffer), a micro-batch of
   activations, and a fixed base (thread pools, the engine's own tables).
+Not counted: the engine's prefix store, which fills over time up to its prefix_cache_bytes.
 """
 
 from __future__ import annotations
@@ -183,13 +184,20 @@ class _GGUFReader:
 
 def _per_layer(value: Any, layers: int) -> list[int]:
     """A hyperparameter that is one number for every layer, or an array with one per layer."""
-    if isinstance(value, list):
+    if isinstance(value, list) and value:
         return [int(v) for v in value[:layers]] + [int(value[-1])] * max(0, layers - len(value))
     return [int(value)] * layers
 
 
 def _gguf_estimate(path: Path, context_size: int, slots: int) -> MemoryEstimate:
     meta = read_gguf_metadata(path)
+    try:
+        return _gguf_sizes(path, meta, context_size, slots)
+    except (TypeError, ValueError) as exc:
+        raise EngineError(f"{path.name}: unusable GGUF metadata for a memory estimate ({exc})") from None
+
+
+def _gguf_sizes(path: Path, meta: dict[str, Any], context_size: int, slots: int) -> MemoryEstimate:
     arch = meta.get("general.architecture")
     layers = meta.get(f"{arch}.block_count")
     n_embd = meta.get(f"{arch}.embedding_length")

@@ -99,6 +99,15 @@ def test_an_unreadable_file_is_one_engine_error_line(tmp_path: Path, content: by
     assert reason in message
 
 
+def test_metadata_that_cannot_size_a_model_is_one_engine_error_line(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "odd.gguf", {**TOY, "toy.attention.head_count_kv": "two"})
+    with pytest.raises(EngineError, match=r"^odd.gguf: unusable GGUF metadata for a memory estimate"):
+        memory.estimate(path, "gguf", 2048, 1)
+    path = write_gguf(tmp_path / "bare.gguf", {"general.architecture": "toy"})
+    with pytest.raises(EngineError, match="lacks architecture, block_count or embedding_length"):
+        memory.estimate(path, "gguf", 2048, 1)
+
+
 def test_a_missing_file_is_one_engine_error_line(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match=r"^cannot read GGUF metadata from .*nope.gguf: No such file"):
         memory.estimate(tmp_path / "nope.gguf", "gguf", 2048, 1)
