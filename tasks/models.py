@@ -253,6 +253,38 @@ def _verify_fix(entry: CatalogEntry, source: str) -> str:
 
 
 @task(
+    help={
+        "name": "catalog name",
+        "context": "tokens of context (default: server.context_size, capped by the model's own)",
+        "slots": "requests generating at once (default: server.slots)",
+        "json": JSON_HELP,
+    }
+)
+def fit(c: Context, name: str, context: int = 0, slots: int = 0, json: bool = False) -> None:
+    """Estimate a model's memory (weights, KV cache, compute) against this host's budget and free RAM.
+
+    The server's own estimate, for the file it would load; through `fab -H host` it is that host's.
+    A model over the budget exits non-zero with the numbers and the fix."""
+    from tasks.core import config
+    from tasks.core import fit as fitting
+    from tasks.core.console import print_table
+    from tasks.core.errors import HomelabError
+
+    found = fitting.fit(config.load(c.config), name, context=context, slots=slots)
+    sizes = (found.estimate.weights, found.estimate.kv_cache, found.estimate.compute, found.estimate.total)
+    row = (found.model, found.context, found.slots, *map(fitting.mib, sizes))
+    columns = ["model", "context", "slots", "weights", "kv cache", "compute", "estimate", "budget", "free"]
+    print_table(
+        f"Memory for {name}",
+        [*columns, "verdict"],
+        [(*row, *map(fitting.mib, (found.budget, found.free)), found.verdict)],
+    )
+    if found.verdict == "does not fit":
+        raise HomelabError(found.advice)
+    _say(found.advice)
+
+
+@task(
     name="delete",
     aliases=["rm"],
     help={"name": "catalog name", "yes": "do not ask for confirmation"},

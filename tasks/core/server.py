@@ -103,7 +103,7 @@ MIB = 2**20
 
 
 def _spec(entry: catalog.CatalogEntry, config: ServerConfig, models: ModelsSettings) -> ModelSpec:
-    path, model_format = _model_files(entry, config.engine, models)
+    path, model_format = model_files(entry, config.engine, models)
     try:
         factory.choose(config.engine, model_format)
     except EngineError as exc:
@@ -128,7 +128,7 @@ def _installed(
         if entry.name == besides:
             continue
         try:
-            _, model_format = _model_files(entry, engine, models)
+            _, model_format = model_files(entry, engine, models)
             factory.choose(engine, model_format)  # type: ignore[arg-type]
         except (HomelabError, EngineError):
             continue
@@ -162,9 +162,7 @@ def _given(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _model_files(
-    entry: catalog.CatalogEntry, engine: str, models: ModelsSettings
-) -> tuple[Path, ModelFormat]:
+def model_files(entry: catalog.CatalogEntry, engine: str, models: ModelsSettings) -> tuple[Path, ModelFormat]:
     """What the engine loads, and its format: the GGUF file, a model directory, or, for the MLX engine
     on a GGUF entry, the directory `inv models.convert` wrote for it."""
     if engine == "mlx" and entry.format == "gguf":

