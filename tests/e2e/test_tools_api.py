@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,22 +66,6 @@ PERSON = [{"role": "user", "content": "Describe a person as JSON."}]
 CLAUDE_CODE = json.loads((Path(__file__).parents[1] / "fixtures" / "claude_code_request.json").read_text())
 
 
-EachSeed = Callable[[Callable[[int], None]], None]
-
-
-@pytest.fixture
-def each_seed(inference_server: RunningServer) -> EachSeed:
-    """`each_seed(check)` runs `check(seed)` for every seed, as many at once as the server has slots:
-    its engine decodes them in one batch, so the same samples take about half the wall time. A
-    failing check raises here, naming its seed in its own assertion message."""
-
-    def run(check: Callable[[int], None]) -> None:
-        with ThreadPoolExecutor(max_workers=inference_server.settings.slots) as pool:
-            list(pool.map(check, SEEDS))
-
-    return run
-
-
 def validates(name: str, arguments: dict[str, Any], schemas: dict[str, Any] = SCHEMAS) -> None:
     assert name in schemas, f"{name} is not a declared tool"
     jsonschema.validate(arguments, schemas[name])
@@ -130,44 +113,34 @@ def anthropic_calls(
 @pytest.mark.parametrize(
     "choice", ["required", {"type": "function", "function": {"name": "forecast"}}], ids=["required", "named"]
 )
-def test_openai_forced_calls_validate_at_temperature_1(
-    oai: openai.OpenAI, each_seed: EachSeed, choice: Any, stream: bool
-) -> None:
-    def check(seed: int) -> None:
+def test_openai_forced_calls_validate_at_temperature_1(oai: openai.OpenAI, choice: Any, stream: bool) -> None:
+    for seed in SEEDS:
         calls, finish = openai_calls(oai, stream, tool_choice=choice, temperature=1.0, seed=seed)
         assert calls and finish == "tool_calls", f"seed {seed}"
         for name, arguments in calls:
             validates(name, arguments)
         if isinstance(choice, dict):
-            assert {name for name, _ in calls} == {"forecast"}, f"seed {seed}"
-
-    each_seed(check)
+            assert {name for name, _ in calls} == {"forecast"}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "clock"}], ids=["any", "named"])
 def test_anthropic_forced_calls_validate_at_temperature_1(
-    claude: anthropic.Anthropic, each_seed: EachSeed, choice: dict[str, Any], stream: bool
+    claude: anthropic.Anthropic, choice: dict[str, Any], stream: bool
 ) -> None:
-    def check(attempt: int) -> None:  # the Anthropic API takes no seed
+    for attempt in SEEDS:
         calls, stop = anthropic_calls(claude, stream, tool_choice=choice, temperature=1.0)
         assert calls and stop == "tool_use", f"attempt {attempt}"
         for name, arguments in calls:
             validates(name, arguments)
         if choice["type"] == "tool":
-            assert {name for name, _ in calls} == {"clock"}, f"attempt {attempt}"
-
-    each_seed(check)
+            assert {name for name, _ in calls} == {"clock"}
 
 
-def test_parallel_calls_off_means_one_call(
-    oai: openai.OpenAI, claude: anthropic.Anthropic, each_seed: EachSeed
-) -> None:
-    def check(seed: int) -> None:
+def test_parallel_calls_off_means_one_call(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    for seed in SEEDS:
         calls, _ = openai_calls(oai, False, tool_choice="required", parallel_tool_calls=False, seed=seed)
-        assert len(calls) == 1, f"seed {seed}"
-
-    each_seed(check)
+        assert len(calls) == 1
     calls, _ = anthropic_calls(claude, False, tool_choice={"type": "any", "disable_parallel_tool_use": True})
     assert len(calls) == 1
 
@@ -205,45 +178,36 @@ def test_anthropic_streamed_call_equals_the_non_streamed_one_at_temperature_0(
     assert whole[0]
 
 
-def test_auto_answers_with_text_or_a_valid_call(
-    oai: openai.OpenAI, claude: anthropic.Anthropic, each_seed: EachSeed
-) -> None:
-    def check(seed: int) -> None:
+def test_auto_answers_with_text_or_a_valid_call(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    for seed in SEEDS:
         calls, finish = openai_calls(oai, seed % 2 == 1, temperature=1.0, seed=seed)
-        assert finish in ("tool_calls", "stop", "length"), f"seed {seed}"
+        assert finish in ("tool_calls", "stop", "length")
         for name, arguments in calls:
             validates(name, arguments)
         calls, _ = anthropic_calls(claude, seed % 2 == 1, temperature=1.0)
         for name, arguments in calls:
             validates(name, arguments)
 
-    each_seed(check)
 
-
-def test_tool_choice_none_never_calls(
-    oai: openai.OpenAI, claude: anthropic.Anthropic, each_seed: EachSeed
-) -> None:
-    def check(seed: int) -> None:
+def test_tool_choice_none_never_calls(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    for seed in SEEDS:
         calls, finish = openai_calls(
             oai, seed % 2 == 1, tool_choice="none", temperature=1.0, seed=seed, max_tokens=48
         )
-        assert (calls, finish != "tool_calls") == ([], True), f"seed {seed}"
+        assert (calls, finish != "tool_calls") == ([], True)
         calls, stop = anthropic_calls(
             claude, seed % 2 == 1, tool_choice={"type": "none"}, temperature=1.0, max_tokens=48
         )
-        assert (calls, stop != "tool_use") == ([], True), f"seed {seed}"
-
-    each_seed(check)
+        assert (calls, stop != "tool_use") == ([], True)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_openai_json_schema_answers_validate(oai: openai.OpenAI, each_seed: EachSeed, stream: bool) -> None:
+def test_openai_json_schema_answers_validate(oai: openai.OpenAI, stream: bool) -> None:
     response_format = {
         "type": "json_schema",
         "json_schema": {"name": "person", "schema": ANSWER, "strict": True},
     }
-
-    def check(seed: int) -> None:
+    for seed in SEEDS:
         request = {
             "model": "smollm2", "messages": PERSON, "response_format": response_format,
             "temperature": 1.0, "seed": seed, "max_tokens": 300,
@@ -252,37 +216,28 @@ def test_openai_json_schema_answers_validate(oai: openai.OpenAI, each_seed: Each
         assert choice.finish_reason == "stop", f"seed {seed}: a schema-bound answer ends by itself"
         jsonschema.validate(json.loads(choice.message.content or ""), ANSWER)
 
-    each_seed(check)
 
-
-def test_openai_json_object_answers_always_parse(oai: openai.OpenAI, each_seed: EachSeed) -> None:
-    def check(seed: int) -> None:
+def test_openai_json_object_answers_always_parse(oai: openai.OpenAI) -> None:
+    for seed in SEEDS:
         reply = oai.chat.completions.create(
             model="smollm2", messages=PERSON, response_format={"type": "json_object"},
             temperature=1.0, seed=seed, max_tokens=300,
         )  # fmt: skip
         choice = reply.choices[0]
-        assert choice.finish_reason == "stop", f"seed {seed}"
+        assert choice.finish_reason == "stop"
         assert isinstance(json.loads(choice.message.content or ""), dict)
-
-    each_seed(check)
 
 
 @pytest.mark.parametrize("spelling", ["output_config", "output_format"])
-def test_anthropic_structured_outputs_validate(
-    claude: anthropic.Anthropic, each_seed: EachSeed, spelling: str
-) -> None:
+def test_anthropic_structured_outputs_validate(claude: anthropic.Anthropic, spelling: str) -> None:
     fmt = {"type": "json_schema", "schema": ANSWER}
     extra = {"output_config": {"format": fmt}} if spelling == "output_config" else {"output_format": fmt}
-
-    def check(attempt: int) -> None:
+    for _ in SEEDS:
         reply = claude.messages.create(
             model="smollm2", messages=PERSON, max_tokens=300, extra_body={"temperature": 1.0, **extra}
         )
-        assert reply.stop_reason == "end_turn", f"attempt {attempt}"
+        assert reply.stop_reason == "end_turn"
         jsonschema.validate(json.loads(reply.content[0].text), ANSWER)  # type: ignore[union-attr]
-
-    each_seed(check)
 
 
 def test_openai_round_trip_call_result_then_text(oai: openai.OpenAI) -> None:
