@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,8 +23,10 @@ from tasks.core.config import PROJECT_ROOT
 from tests.fixtures.claude_code import (
     CONTINUE_ARGS,
     PROMPT_ARGS,
+    Exchange,
     Recorder,
     Turn,
+    recording,
     run_claude,
 )
 from tests.fixtures.sshd import Lab, cli
@@ -55,11 +58,29 @@ class Served:
         now = self.messages()
         return {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
 
-    def claude_env(self) -> dict[str, str]:
+    def claude_env(self, url: str = "") -> dict[str, str]:
+        """What server.claude sets for this server, or for a proxy in front of it at `url`."""
         tiers = config.load().server
         return claude_code.environment(
-            self.url, KEY, self.context_size, tiers.claude_model, tiers.claude_small_fast_model
+            url or self.url, KEY, self.context_size, tiers.claude_model, tiers.claude_small_fast_model
         )
+
+
+@dataclass(frozen=True)
+class User:
+    home: Path
+    work: Path
+
+
+@pytest.fixture
+def user(tmp_path_factory: pytest.TempPathFactory) -> User:
+    """A new user's empty HOME and project folder, at the same two paths in every test: Claude Code
+    writes both into its ~5k-token prompt, so at one path the server prefills that prompt once and
+    later tests read it from the prefix cache, as one user's next session does (a turn then costs
+    its tail and its answer, not a minute of prefill on two cores)."""
+    base = tmp_path_factory.getbasetemp() / "claude-code-user"
+    shutil.rmtree(base, ignore_errors=True)
+    return User(base / "home", base / "work")
 
 
 def inv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -120,15 +141,9 @@ def test_environment_is_what_claude_code_acts_on(recorder: Recorder, tmp_path: P
     assert follow_up["role"] == "user" and CONTINUE_ARGS[1] in json.dumps(follow_up)
 
 
-def test_print_mode_answers(served: Served, tmp_path: Path) -> None:
-    before = served.messages()
-    turn = run_claude(served.claude_env(), tmp_path / "home", tmp_path / "work", *PROMPT_ARGS)
-    assert_answered(turn)
-    answered = served.added(before)  # one request, or four when the model ran past the cap
-    assert set(answered) == {"200"} and answered["200"] in (1, 2, 3, 4), answered
-
-
-def test_print_mode_through_the_environment_server_claude_prints(served: Served, tmp_path: Path) -> None:
+def test_print_mode_answers_through_the_environment_server_claude_prints(served: Served, user: User) -> None:
+    """`eval "$(inv server.claude --print-only)"`, then `claude -p`: an answer, and no request failed
+    or was retried."""
     printed = inv(served.env, "server.claude", "--print-only")
     assert printed.returncode == 0 and not printed.stderr, printed.stderr
     script = (
@@ -141,16 +156,19 @@ def test_print_mode_through_the_environment_server_claude_prints(served: Served,
         line.split("=", 1) for line in exported.split("\0") if line.startswith(("ANTHROPIC", "CLAUDE"))
     )
     assert env == served.claude_env()
-    assert_answered(run_claude(env, tmp_path / "home", tmp_path / "work", *PROMPT_ARGS))
+    before = served.messages()
+    assert_answered(run_claude(env, user.home, user.work, *PROMPT_ARGS))
+    answered = served.added(before)  # one request, or four when the model ran past the cap
+    assert set(answered) == {"200"} and answered["200"] in (1, 2, 3, 4), answered
 
 
-def test_server_claude_launches_claude_code(served: Served, tmp_path: Path) -> None:
+def test_server_claude_launches_claude_code(served: Served, user: User) -> None:
     """Without a terminal, the launched Claude Code reads its prompt from stdin and answers once."""
-    (tmp_path / "work").mkdir()
+    user.work.mkdir(parents=True)
     launched = subprocess.run(
         [sys.executable, "-m", "invoke", "--search-root", str(PROJECT_ROOT), "server.claude"],
-        cwd=tmp_path / "work",
-        env={**served.env, "HOME": str(tmp_path / "home"), "ANTHROPIC_API_KEY": "a-real-key"},
+        cwd=user.work,
+        env={**served.env, "HOME": str(user.home), "ANTHROPIC_API_KEY": "a-real-key"},
         input="Reply with the single word: hello",
         capture_output=True,
         text=True,
@@ -159,21 +177,41 @@ def test_server_claude_launches_claude_code(served: Served, tmp_path: Path) -> N
     assert_answered(Turn(launched.returncode, launched.stdout, launched.stderr))
 
 
-def test_second_turn_reads_most_of_its_prompt_from_the_cache(served: Served, tmp_path: Path) -> None:
-    """Both turns' wall time and time to first token are printed (pytest -rP shows them), not asserted."""
+def prompt_tokens(exchange: Exchange) -> tuple[int, int]:
+    """(prompt tokens, of which read from the prefix cache) of one request, as the server reported."""
+    usage = exchange.usage()
+    return usage["input_tokens"] + usage["cache_read_input_tokens"], usage["cache_read_input_tokens"]
+
+
+def test_second_turn_reads_the_first_turns_prompt_from_the_cache(served: Served, tmp_path: Path) -> None:
+    """Measured per request through a relaying recorder: Claude Code's JSON usage sums a turn's
+    requests (it continues a cut answer with more), so it cannot say what the second turn's first
+    request found. A HOME and folder of its own make the first turn's prompt new to the server past
+    Claude Code's opening lines. The answer cap is server.claude's floor (what it sets for a small
+    context): a run-on answer costs 4 x 256 tokens, not 4 x 798, and the cache is what is measured.
+    Wall times and time to first token are printed (-rP), not asserted."""
     home, work = tmp_path / "home", tmp_path / "work"
-    first = run_claude(served.claude_env(), home, work, *PROMPT_ARGS, "--output-format", "json")
-    assert_answered(first)
-    second = run_claude(
-        served.claude_env(), home, work, "--continue", *CONTINUE_ARGS, "--output-format", "json"
-    )
-    assert_answered(second)
-    for name, turn in (("first", first), ("second", second)):
+    with recording(served.url) as proxy:
+        floor = str(claude_code.output_cap(0))
+        env = {**served.claude_env(proxy.url), "CLAUDE_CODE_MAX_OUTPUT_TOKENS": floor}
+        turns = []
+        for args in (PROMPT_ARGS, ("--continue", *CONTINUE_ARGS)):
+            proxy.exchanges.clear()
+            turn = run_claude(env, home, work, *args, "--output-format", "json")
+            assert_answered(turn)
+            requests = proxy.posts()
+            assert requests and all(r.status == 200 for r in requests), [r.status for r in requests]
+            turns.append((turn, requests))
+    for name, (turn, requests) in zip(("first", "second"), turns, strict=True):
         result = turn.result()
         print(f"{name} turn:", {k: result.get(k) for k in ("duration_ms", "ttft_ms", "usage")})
-    usage = second.result()["usage"]
-    prompt = usage["input_tokens"] + usage["cache_read_input_tokens"]
-    assert usage["cache_read_input_tokens"] >= 0.8 * prompt, usage
+        print(f"  (prompt, cached) per request: {[prompt_tokens(r) for r in requests]}")
+    first_prompt, first_cached = prompt_tokens(turns[0][1][0])
+    second_prompt, second_cached = prompt_tokens(turns[1][1][0])
+    assert first_prompt > 2000, "Claude Code's own prompt, not a stand-in"
+    assert first_cached < first_prompt / 2, "the first turn's prompt was already cached: nothing to prove"
+    assert second_prompt > first_prompt  # the first turn's exchange, then the new question
+    assert second_cached >= 0.95 * first_prompt, (first_prompt, second_prompt, second_cached)
 
 
 def test_prompt_longer_than_the_context_ends_in_claude_codes_own_refusal(
