@@ -288,6 +288,7 @@ def claude(c: Context, print_only: bool = False) -> None:
     import sys
 
     from tasks.core import claude_code
+    from tasks.core import server as core
     from tasks.core.console import say
 
     configured, endpoint = _endpoint(c)
@@ -300,6 +301,15 @@ def claude(c: Context, print_only: bool = False) -> None:
     )
     if warning := claude_code.context_warning(endpoint.model, endpoint.context_size):
         print(f"warning: {warning}", file=sys.stderr)
+    tiers = {"main": configured.claude_model, "haiku": configured.claude_small_fast_model}
+    routed = core.routes(endpoint, list(tiers.values()))
+    if routed:
+        print(
+            "# " + ", ".join(f"{t} tier {n} → {routed[n] or '(not served)'}" for t, n in tiers.items()),
+            file=sys.stderr,
+        )
+    for name in [n for n in tiers.values() if routed and routed[n] is None]:
+        print(f"warning: the server does not serve '{name}': add it to server.model_aliases", file=sys.stderr)
     program = claude_code.program()
     if print_only or program is None:
         say("\n".join(claude_code.shell_lines(env)), markup=False)

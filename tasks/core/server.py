@@ -361,6 +361,22 @@ def unload(endpoint: Endpoint, name: str) -> LoadedModel:
     return LoadedModel.of(_admin(endpoint, "POST", f"/admin/models/{name}/unload"))
 
 
+def routes(endpoint: Endpoint, names: list[str]) -> dict[str, str | None]:
+    """The model each name reaches on the running server (None: not served); {} when none runs."""
+    import httpx
+
+    routed: dict[str, str | None] = {}
+    for name in names:
+        try:
+            r = httpx.get(
+                f"{endpoint.url}/v1/models/{name}", headers=_auth(endpoint), timeout=ADMIN_TIMEOUT_S
+            )
+        except httpx.HTTPError:
+            return {}
+        routed[name] = str(r.json().get("served_by", name)) if r.status_code == 200 else None
+    return routed
+
+
 def _admin(
     endpoint: Endpoint,
     method: str,

@@ -306,3 +306,11 @@ def test_a_default_model_over_the_budget_is_refused_at_start_in_one_line(tmp_pat
         r"error: model 'smollm2' needs [\d,]+ MiB \(weights .* but the memory budget has 64 MiB", lines[0]
     )
     assert not (tmp_path / "state" / "server.pid").exists()
+
+
+def test_server_claude_says_which_model_each_tier_reaches(roomy: RunningServer) -> None:
+    env = {**os.environ, "INVOKE_SERVER_STATE_DIR": str(roomy.files.folder)}
+    printed = inv(env, "server.claude", "--print-only")
+    assert printed.returncode == 0, printed.stderr
+    assert f"# main tier claude-sonnet-5-5 → {SMALL}, haiku tier claude-haiku-5-5 → {OTHER}" in printed.stderr
+    assert "export ANTHROPIC_SMALL_FAST_MODEL=claude-haiku-5-5" in printed.stdout
