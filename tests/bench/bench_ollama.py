@@ -94,8 +94,9 @@ def main() -> None:
     with peers.this_server(settings) as served:
         asyncio.run(drive_streams(openai_turn(served, 8), 1))  # warm: the model loaded, pages touched
         for concurrency in (1, 4):
-            for _ in range(repeats):
-                for api, turn in (("openai", openai_turn), ("ollama", ollama_turn)):
+            for repeat in range(repeats):
+                turns = [("openai", openai_turn), ("ollama", ollama_turn)]
+                for api, turn in turns if repeat % 2 else turns[::-1]:  # neither always goes first
                     measured = asyncio.run(drive_streams(turn(served, max_tokens), concurrency))
                     cells[api].setdefault(concurrency, []).append(measured)
     after = os.getloadavg()
