@@ -144,6 +144,9 @@ class MlxEngine:
         finally:
             request.cancelled.set()
 
+    async def embed(self, batch: list[list[int]]) -> list[list[float]]:
+        raise EngineError("embeddings are not supported on the MLX engine yet")
+
     def _encode(self, spans: Sequence[tuple[str, bool]]) -> list[int]:
         """Trusted spans with special tokens parsed, client text without (no role injection)."""
         tokenizer = self._ready_tokenizer()

@@ -107,6 +107,7 @@ def _spec(entry: catalog.CatalogEntry, config: ServerConfig, models: ModelsSetti
         name=entry.name,
         path=path,
         format=model_format,
+        kind=entry.kind,
         context_size=min(config.context_size, entry.context_length),
         slots=config.slots,
         keep_alive_s=config.keep_alive,
