@@ -92,6 +92,18 @@ class InputRefused(EngineError):
     """The input cannot be computed as sent (a token id outside the vocabulary): the client's to fix."""
 
 
+def check_embeddable(batch: Sequence[Sequence[int]], limit: int, n_vocab: int) -> None:
+    """What both engines refuse before embedding: a sequence too long, empty, or with foreign ids."""
+    for tokens in batch:
+        if len(tokens) > limit:
+            raise PromptTooLong(len(tokens), limit)
+        if not tokens:
+            raise InputRefused("an empty sequence has no embedding")
+        outside = [t for t in tokens if not 0 <= t < n_vocab]
+        if outside:
+            raise InputRefused(f"token id {outside[0]} is not in the model's vocabulary (0 to {n_vocab - 1})")
+
+
 class TokenConstraint(Protocol):
     """Which tokens may come next, for one sequence; only the engine's worker thread calls it."""
 

@@ -45,11 +45,11 @@ from inference_server.engines.base import (
     EngineError,
     EngineInfo,
     FinishReason,
-    InputRefused,
     PromptTooLong,
     SamplingParams,
     TokenConstraint,
     ToolSpec,
+    check_embeddable,
 )
 from inference_server.engines.chat_template import ChatTemplate
 from inference_server.engines.prefix_store import PrefixStore, SavedPrefix, common_prefix
@@ -292,16 +292,7 @@ class LlamaCppEngine:
     async def embed(self, batch: list[list[int]]) -> list[list[float]]:
         if not self.healthy():
             raise self._not_running()
-        for tokens in batch:
-            if len(tokens) > self.embedding_limit:
-                raise PromptTooLong(len(tokens), self.embedding_limit)
-            outside = [t for t in tokens if not 0 <= t < self._n_vocab]
-            if outside:
-                raise InputRefused(
-                    f"token id {outside[0]} is not in the model's vocabulary (0 to {self._n_vocab - 1})"
-                )
-            if not tokens:
-                raise InputRefused("an empty sequence has no embedding")
+        check_embeddable(batch, self.embedding_limit, self._n_vocab)
         loop = asyncio.get_running_loop()
         job = _Embed(batch, loop, loop.create_future())
         self._submit(job)
