@@ -116,6 +116,7 @@ def model_spec(entry: catalog.CatalogEntry, config: ServerConfig, models: Models
         name=entry.name,
         path=path,
         format=model_format,
+        kind=entry.kind,
         context_size=min(config.context_size, entry.context_length),
         slots=config.slots,
         keep_alive_s=config.keep_alive,
