@@ -44,6 +44,16 @@ async def generate(request: Request, body: p.GenerateRequest, state: Ready) -> R
     return await OllamaServing(state).generate(request, body)
 
 
+@router.post("/embed")
+async def embed(body: p.EmbedRequest, state: Ready) -> p.Embed:
+    return await OllamaServing(state).embed(body)
+
+
+@router.post("/embeddings")
+async def embeddings(body: p.EmbeddingsRequest, state: Ready) -> p.Embeddings:
+    return await OllamaServing(state).embeddings(body)
+
+
 @router.post("/pull", response_model=None)
 async def pull(body: p.PullRequest, state: Ready) -> Response | BaseModel:
     return await OllamaServing(state).pull(body)

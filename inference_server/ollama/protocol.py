@@ -83,6 +83,24 @@ class GenerateRequest(_Generating):
     context: Unsupported = None
 
 
+class EmbedRequest(BaseModel):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    truncate: bool = True
+    dimensions: int | None = Field(default=None, ge=1)
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    """The older /api/embeddings: one prompt, one vector."""
+
+    model: str = Field(min_length=1)
+    prompt: str
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+
+
 class ModelRequest(BaseModel):
     """/api/show, /api/delete; `name` is the older spelling of `model`."""
 
@@ -198,3 +216,15 @@ class GenerateDone(Done):
     model: str
     created_at: str
     response: str
+
+
+class Embed(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+
+
+class Embeddings(BaseModel):
+    embedding: list[float]

@@ -43,6 +43,7 @@ from inference_server.runtime import Runtime
 from inference_server.settings import ModelSpec
 from inference_server.streaming import HOLE, EventStream, filler, unless_disconnected
 from inference_server.toolcalls import ConstraintPlan
+from inference_server.vectors import shortened
 
 VERSION = "0.12.0"  # the Ollama release whose API this matches; clients gate features on it
 NDJSON = "application/x-ndjson"
@@ -269,7 +270,7 @@ class OllamaServing:
             await stream.aclose()
 
     async def _load_or_unload(
-        self, kind: Literal["chat", "generate"], name: str, body: p._Generating
+        self, kind: Literal["chat", "generate"], name: str, body: p._Generating | p.EmbedRequest
     ) -> BaseModel:
         """Open WebUI's unload button sends `keep_alive: 0` and nothing to answer."""
         reply = Reply(kind, body.model, ())
@@ -279,6 +280,40 @@ class OllamaServing:
         held = await self.runtime.pool.hold(name, body.keep_alive)
         held.release()
         return reply.last(p.Done(done_reason="load"))
+
+    # -- embeddings ----------------------------------------------------------------------------------
+
+    async def embed(self, body: p.EmbedRequest) -> p.Embed:
+        """One unit vector per input, in one batch; no inputs only loads the model (as Ollama)."""
+        name, model = self.route(body.model)
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        timer = Timer(model)
+        if not inputs:
+            await self._load_or_unload("generate", name, body)
+            return p.Embed(
+                model=body.model, embeddings=[], total_duration=0, load_duration=0, prompt_eval_count=0
+            )
+        embedded = await self.runtime.embed(name, inputs, body.keep_alive)
+        vectors = embedded.vectors
+        if body.dimensions is not None:
+            size = len(vectors[0])
+            if body.dimensions > size:
+                raise ApiError("invalid_request", f"dimensions: {body.model}'s embeddings have {size}")
+            vectors = [shortened(vector, body.dimensions) for vector in vectors]
+        timer.started()
+        done = timer.done(Outcome("stop", None, embedded.prompt_tokens, 0, 0), "stop")
+        return p.Embed(
+            model=body.model,
+            embeddings=vectors,
+            total_duration=done.total_duration,
+            load_duration=done.load_duration,
+            prompt_eval_count=embedded.prompt_tokens,
+        )
+
+    async def embeddings(self, body: p.EmbeddingsRequest) -> p.Embeddings:
+        name, _ = self.route(body.model)
+        embedded = await self.runtime.embed(name, [body.prompt], body.keep_alive)
+        return p.Embeddings(embedding=embedded.vectors[0])
 
     # -- what is installed and loaded --------------------------------------------------------------
 

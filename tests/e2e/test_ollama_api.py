@@ -7,6 +7,7 @@ at the test hub (tests/fixtures/hub.py), so a pull is a real resumable download 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -144,6 +145,18 @@ def test_chat_with_tools_takes_ollamas_call_history(client: ollama.Client) -> No
     assert after.prompt_eval_count > plain.prompt_eval_count + 10
     for made in after.message.tool_calls or []:
         jsonschema.validate(dict(made.function.arguments), FORECAST)
+
+
+def test_embed_gives_one_unit_vector_per_input_and_the_old_endpoint_agrees(client: ollama.Client) -> None:
+    texts = ["A cat sat on the mat.", "Stock markets fell sharply today."]
+    embedded = client.embed("smollm2", texts)
+    assert len(embedded.embeddings) == 2 and embedded.prompt_eval_count
+    for vector in embedded.embeddings:
+        assert abs(math.fsum(x * x for x in vector) - 1) < 1e-6
+    old = client.embeddings("smollm2", texts[0]).embedding
+    assert max(abs(a - b) for a, b in zip(old, embedded.embeddings[0], strict=True)) < 1e-4
+    short = client.embed("smollm2", texts[0], dimensions=64).embeddings[0]
+    assert len(short) == 64
 
 
 def test_keep_alive_0_unloads_and_an_empty_prompt_loads(client: ollama.Client) -> None:
