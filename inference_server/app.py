@@ -18,6 +18,7 @@ from inference_server.admin.api_router import router as admin_router
 from inference_server.anthropic.api_router import router as anthropic_router
 from inference_server.auth import require_api_key
 from inference_server.metrics import Metrics
+from inference_server.ollama.api_router import router as ollama_router
 from inference_server.openai.api_router import router as openai_router
 from inference_server.pool import Pool
 from inference_server.responses.api_router import router as responses_router
@@ -65,6 +66,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(anthropic_router)
     app.include_router(responses_router)
+    app.include_router(ollama_router)
     return app
 
 

@@ -1,7 +1,8 @@
 """API errors, rendered in the envelope of the API the client called.
 
 Routes raise `ApiError` with a neutral kind; one table maps each kind to the status and type names
-each API uses, so `/v1/messages` clients get Anthropic's shape and everyone else OpenAI's.
+each API uses, so `/v1/messages` clients get Anthropic's shape, `/api/*` (Ollama's API) clients
+Ollama's `{"error": "..."}`, and everyone else OpenAI's.
 """
 
 from __future__ import annotations
@@ -86,17 +87,28 @@ def is_anthropic_path(path: str) -> bool:
     return path.startswith("/v1/messages")
 
 
+def is_ollama_path(path: str) -> bool:
+    return path.startswith("/api/")
+
+
 def status_of(kind: Kind) -> int:
     return _SHAPES[kind].status
 
 
-def body(kind: Kind, message: str, *, anthropic: bool) -> dict[str, object]:
+def body(kind: Kind, message: str, *, anthropic: bool, ollama: bool = False) -> dict[str, object]:
     shape = _SHAPES[kind]
+    if ollama:
+        return {"error": message}
     if anthropic:
         return {"type": "error", "error": {"type": shape.anthropic_type, "message": message}}
     return {
         "error": {"message": message, "type": shape.openai_type, "param": None, "code": shape.openai_code}
     }
+
+
+def body_for_path(kind: Kind, message: str, path: str) -> dict[str, object]:
+    """The error in the envelope of the API `path` belongs to."""
+    return body(kind, message, anthropic=is_anthropic_path(path), ollama=is_ollama_path(path))
 
 
 def response(request: Request, error: ApiError) -> JSONResponse:
@@ -107,7 +119,7 @@ def response(request: Request, error: ApiError) -> JSONResponse:
         error.openai_message if isinstance(error, ContextLengthError) and not anthropic else error.message
     )
     return JSONResponse(
-        body(error.kind, message, anthropic=anthropic),
+        body_for_path(error.kind, message, request.url.path),
         status_code=_SHAPES[error.kind].status,
         headers=headers,
     )

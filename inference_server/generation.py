@@ -23,6 +23,7 @@ from inference_server.engines.base import (
     Chunk,
     Engine,
     EngineError,
+    InputRefused,
     PromptTooLong,
     SamplingParams,
     TemplateRefused,
@@ -312,6 +313,51 @@ class Generation:
                 raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
             raise
         return Stream(self, chunks, first, len(tokens), stops, parser, started)
+
+    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> tuple[list[list[float]], int]:
+        """The inputs' pooled vectors (one batch on the engine) and their token count; texts are
+        tokenised once, off the event loop, token arrays go as sent."""
+        self._check_engine()
+        if not inputs:
+            raise ApiError("invalid_request", "input: send at least one text or token array")
+        batch = await self._embedding_tokens(inputs)
+        try:
+            vectors = await self.engine.embed(batch)
+        except PromptTooLong as exc:
+            i = next(i for i, ids in enumerate(batch) if len(ids) > exc.limit)
+            raise ApiError(
+                "context_length",
+                f"input[{i}] is {len(batch[i])} tokens, more than the {exc.limit} this model embeds at "
+                "once: shorten or split it",
+            ) from None
+        except InputRefused as exc:
+            raise ApiError("invalid_request", f"input: {exc}") from None
+        except EngineError as exc:
+            raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
+        tokens = sum(len(ids) for ids in batch)
+        self.metrics.prompt_tokens.inc(tokens)
+        return vectors, tokens
+
+    async def _embedding_tokens(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+        for i, item in enumerate(inputs):
+            if not item:
+                raise ApiError("invalid_request", f"input[{i}] is empty: an empty input has no embedding")
+        texts = [item for item in inputs if isinstance(item, str)]
+        if not texts:
+            return [list(item) for item in inputs if not isinstance(item, str)]
+        if len(texts) != len(inputs):
+            raise ApiError("invalid_request", "input: send texts or token arrays, not both")
+        limit = self.engine.info.context_size * MAX_CHARS_PER_TOKEN
+        for i, text in enumerate(texts):
+            _check_unicode(text)
+            if len(text) > limit:
+                raise ApiError(
+                    "context_length", f"input[{i}] is {len(text)} characters, far more than this model embeds"
+                )
+        try:
+            return await asyncio.to_thread(lambda: [self.engine.tokenize(text) for text in texts])
+        except EngineError as exc:
+            raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
 
     async def _constraint(self, plan: Any, budget: int) -> tuple[TokenConstraint | None, CallParser]:
         """The plan compiled for this model's tool format; `budget` (the answer's most tokens) lets the

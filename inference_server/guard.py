@@ -16,7 +16,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inference_server.errors import Kind, body, is_anthropic_path, status_of
+from inference_server.errors import Kind, body_for_path, status_of
 from inference_server.settings import ServerSettings
 
 MAX_BODY_BYTES = 32 << 20  # Claude Code with a few screenshots stays well below this
@@ -78,7 +78,7 @@ def _too_large(size: int) -> str:
 
 
 async def _refuse(send: Send, path: str, kind: Kind, message: str) -> None:
-    payload = json.dumps(body(kind, message, anthropic=is_anthropic_path(path))).encode()
+    payload = json.dumps(body_for_path(kind, message, path)).encode()
     await send(
         {
             "type": "http.response.start",

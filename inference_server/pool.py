@@ -225,6 +225,26 @@ class Pool:
 
     # -- admin ----------------------------------------------------------------------------------
 
+    def add(self, spec: ModelSpec) -> Model:
+        """Serve one more model from now on (one just downloaded); a known name gets the new spec
+        while it is not loaded."""
+        known = self.models.get(spec.name)
+        if known is not None and known.state != "unloaded":
+            return known
+        others = [s for s in self.settings.models if s.name != spec.name]
+        self.settings = self.settings.model_copy(update={"models": [*others, spec]})
+        self.models[spec.name] = self._model(spec)
+        return self.models[spec.name]
+
+    def remove(self, name: str) -> None:
+        """Stop serving a model whose files were deleted, unless it is the default or loaded again."""
+        if self.models[name].state != "unloaded" or name == self.settings.default_model:
+            return
+        del self.models[name]
+        models = [s for s in self.settings.models if s.name != name]
+        aliases = [a for a in self.settings.model_aliases if a.model != name]
+        self.settings = self.settings.model_copy(update={"models": models, "model_aliases": aliases})
+
     async def load(self, name: str, *, pin: bool = False) -> Model:
         """Load (as a request would) and optionally pin; the model then idles for its keep-alive."""
         held = await self.hold(name, bounded=False)

@@ -10,11 +10,19 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from inference_server.engines.base import SamplingParams
+from inference_server.errors import ApiError
 from inference_server.generation import Prompt, Stream
 from inference_server.metrics import Metrics
 from inference_server.pool import Pool
 from inference_server.responses.store import ResponseStore
 from inference_server.settings import ServerSettings
+from inference_server.vectors import unit
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: list[list[float]]  # one per input, in order, unit length
+    prompt_tokens: int
 
 
 @dataclass
@@ -35,6 +43,11 @@ class Runtime:
     ) -> Stream:
         """A started generation on the requested model, loading it first if need be; the model stays
         held (never evicted) until the stream closes."""
+        if self.pool.route(requested).spec.kind == "embedding":
+            raise ApiError(
+                "invalid_request",
+                f"model '{requested}' is an embedding model: it embeds text but does not generate any",
+            )
         held = await self.pool.hold(requested, keep_alive_s)
         try:
             stream = await held.generation.start(prompt, params, stops, plan)
@@ -43,6 +56,18 @@ class Runtime:
             raise
         stream.on_close(held.release)
         return stream
+
+    async def embed(
+        self, requested: str, inputs: list[str] | list[list[int]], keep_alive_s: float | None = None
+    ) -> Embedded:
+        """One unit-length vector per input, computed as one batch on the requested model (a chat
+        model mean-pools); the model stays held until they are computed."""
+        held = await self.pool.hold(requested, keep_alive_s)
+        try:
+            vectors, tokens = await held.generation.embed(inputs)
+        finally:
+            held.release()
+        return Embedded([unit(vector) for vector in vectors], tokens)
 
     async def count_tokens(self, requested: str, prompt: Prompt) -> int:
         held = await self.pool.hold(requested)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EngineName = Literal["auto", "llama_cpp", "mlx"]
 ModelFormat = Literal["gguf", "mlx", "safetensors"]
+ModelKind = Literal["chat", "embedding"]
 
 
 class _Frozen(BaseModel):
@@ -27,6 +28,8 @@ class ModelSpec(_Frozen):
     name: str = Field(min_length=1, description="the id clients ask for and /v1/models lists")
     path: Path = Field(description="a GGUF file or an MLX model directory")
     format: ModelFormat
+    # The one default here: settings written before models had a kind are all chat models.
+    kind: ModelKind = Field(default="chat", description="an embedding model only embeds; chat does both")
     context_size: int = Field(ge=256)
     slots: int = Field(ge=1, description="requests generating at once")
     keep_alive_s: float = Field(ge=-1, description="idle seconds before unloading; -1 never, 0 at once")
@@ -63,6 +66,10 @@ class ServerSettings(_Frozen):
         description="Host header names accepted while no api_key is set (DNS-rebinding guard)"
     )
     stop_grace_s: float = Field(gt=0)
+    manage_command: list[str] = Field(
+        description="runs one of the project's tasks (Ollama's /api/pull and /api/delete): the command "
+        "line before the task's name, e.g. [python, -m, invoke, --search-root, CHECKOUT]"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:

@@ -32,10 +32,16 @@ def filler(event: str) -> Callable[[str], str]:
 
 
 class EventStream(StreamingResponse):
-    """An SSE response that always runs `on_close` (frees the slot), even if the client left early."""
+    """A streamed response (SSE unless told) that always runs `on_close` (frees the slot), even if
+    the client left early."""
 
-    def __init__(self, events: AsyncIterable[str], on_close: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    def __init__(
+        self,
+        events: AsyncIterable[str],
+        on_close: Callable[[], Awaitable[None]],
+        media_type: str = "text/event-stream",  # Ollama's API streams application/x-ndjson
+    ) -> None:
+        super().__init__(events, media_type=media_type, headers={"Cache-Control": "no-cache"})
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

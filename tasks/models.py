@@ -89,6 +89,8 @@ def list_(c: Context, json: bool = False) -> None:
         "revision": "branch, tag or commit (default: the catalog's pin, else main)",
         "dry_run": "only say what would be fetched and how big",
         "json": JSON_HELP,
+        "progress_json": "print progress as JSON lines, Ollama's pull objects (what the server's /api/pull"
+        " relays); the last is success with the model's server spec, or an error",
     }
 )
 def download(
@@ -99,12 +101,16 @@ def download(
     revision: str = "",
     dry_run: bool = False,
     json: bool = False,
+    progress_json: bool = False,
 ) -> None:
     """Download a model into the HF cache; resumes an interrupted download."""
     from tasks.core import hub
     from tasks.core.catalog import describe_size
     from tasks.core.errors import HomelabError
 
+    if progress_json:
+        _pull(c, name)
+        return
     models, entry = _entry(c, name)
     if file and quant:
         raise HomelabError("--file and --quant both given", "pass one of them")
@@ -123,6 +129,36 @@ def download(
         _say(f"ready: {path}")
     fetched = describe_size(plan.to_fetch) if plan.to_fetch else "nothing (already in the cache)"
     _say(f"{name}: fetched {fetched}")
+
+
+def _pull(c: Context, name: str) -> None:
+    """`download --progress-json`: the entry's default files, each step one JSON line on stdout; an
+    error is a line too (`code` 404 for a name the catalog lacks) before the usual one-line exit."""
+    import json
+
+    from tasks.core import catalog, config, hub
+    from tasks.core import server as core
+    from tasks.core.console import print_json
+    from tasks.core.errors import HomelabError
+    from tasks.core.store import materialise
+
+    settings = config.load(c.config)
+    entries = catalog.load_catalog(settings.models.catalog)
+    try:
+        entry = catalog.get_entry(entries, name)
+    except HomelabError:
+        print_json(json.dumps({"error": f"model '{name}' not found", "code": 404}))
+        raise
+    try:
+        print_json(json.dumps({"status": "pulling manifest"}))
+        if entry.bundled is None or materialise(entry.bundled, recheck=True) is None:
+            plan = hub.plan_download(entry, settings.models)
+            hub.download(plan, settings.models, hub.JsonProgress(plan))
+        spec = core.model_spec(entry, settings.server, settings.models)
+    except HomelabError as exc:
+        print_json(json.dumps({"error": exc.message}))
+        raise
+    print_json(json.dumps({"status": "success", "model": spec.model_dump(mode="json")}))
 
 
 def _show_plan(plan: Any) -> None:

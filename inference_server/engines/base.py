@@ -88,6 +88,22 @@ class PromptTooLong(EngineError):
         super().__init__(f"prompt is too long: {prompt_tokens} tokens > {limit} maximum")
 
 
+class InputRefused(EngineError):
+    """The input cannot be computed as sent (a token id outside the vocabulary): the client's to fix."""
+
+
+def check_embeddable(batch: Sequence[Sequence[int]], limit: int, n_vocab: int) -> None:
+    """What both engines refuse before embedding: a sequence too long, empty, or with foreign ids."""
+    for tokens in batch:
+        if len(tokens) > limit:
+            raise PromptTooLong(len(tokens), limit)
+        if not tokens:
+            raise InputRefused("an empty sequence has no embedding")
+        outside = [t for t in tokens if not 0 <= t < n_vocab]
+        if outside:
+            raise InputRefused(f"token id {outside[0]} is not in the model's vocabulary (0 to {n_vocab - 1})")
+
+
 class TokenConstraint(Protocol):
     """Which tokens may come next, for one sequence; only the engine's worker thread calls it."""
 
@@ -133,6 +149,11 @@ class Engine(Protocol):
     ) -> AsyncIterator[Chunk]:
         """An async generator: every error (PromptTooLong included) surfaces at the first `anext`;
         closing it early cancels the request and frees its slot."""
+
+    async def embed(self, batch: list[list[int]]) -> list[list[float]]:
+        """One vector per sequence, pooled as the model says (mean for a decoder LM that says nothing)
+        and not normalised; the whole batch in as few passes as the embedding context takes.
+        PromptTooLong names the limit of one sequence; InputRefused an id outside the vocabulary."""
 
     def close(self) -> None:
         """Stop the worker; requests in flight end with finish_reason 'cancelled'."""

@@ -14,12 +14,20 @@ first come first served. A slot keeps the KV cache of its last request while the
 and a new request takes the free slot that shares the longest prefix with its prompt, so a
 conversation's next turn recomputes only its tail; a cached prefix that must make room is saved to
 the prefix store first.
+
+Embeddings come from a second context on the same model, created on the first request for them
+(most servers never embed) with `embeddings` on and the model's pooling, or mean pooling for a
+decoder LM whose GGUF names none. It lives on the same worker thread, so it shares that thread's
+OpenMP pool instead of starting a second one that fights the first for the cores; an embedding batch
+is one decode between two generation steps. Its sequences are packed into as few passes as fit the
+context (one seq_id each), and a sequence is never split across micro-batches: pooling needs it whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -41,6 +49,7 @@ from inference_server.engines.base import (
     SamplingParams,
     TokenConstraint,
     ToolSpec,
+    check_embeddable,
 )
 from inference_server.engines.chat_template import ChatTemplate
 from inference_server.engines.prefix_store import PrefixStore, SavedPrefix, common_prefix
@@ -59,6 +68,10 @@ SLOT_SIMILARITY = 0.5
 MIN_SAVED_TOKENS = 256
 # An elastic request's reservation grows by this many tokens at a time while the cache has room.
 GROW_TOKENS = 256
+# The embedding context: the longest sequence it embeds (also capped by the model's training context)
+# and how many sequences share one pass. Its compute buffer grows with the first.
+EMBED_TOKENS = 2048
+EMBED_SEQS = 64
 # llama.cpp's OpenMP threads spin at every barrier by default. With any other busy process on the
 # cores (a build, a second server, a test suite) the spinning thread holds a core its peer needs:
 # decoding fell from 15.8 to 0.5 tok/s here. Sleeping waiters cost little when the box is idle.
@@ -94,6 +107,45 @@ class _Request:
     decoder: codecs.IncrementalDecoder | None = None
     cached_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass(eq=False)
+class _Embed:
+    """A batch to embed; the worker answers on the caller's event loop."""
+
+    batch: list[list[int]]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[list[list[float]]]
+
+    def answer(self, vectors: list[list[float]] | None, error: BaseException | None = None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(_settle, self.done, vectors, error)
+
+
+def _settle(
+    done: asyncio.Future[list[list[float]]], vectors: list[list[float]] | None, error: BaseException | None
+) -> None:
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(vectors or [])
+
+
+def passes(lengths: Sequence[int], tokens: int, seqs: int) -> list[range]:
+    """Consecutive runs of sequences, each within `tokens` tokens and `seqs` sequences: one decode each
+    (every length is at most `tokens`)."""
+    runs: list[range] = []
+    start, used = 0, 0
+    for i, length in enumerate(lengths):
+        if i > start and (used + length > tokens or i - start >= seqs):
+            runs.append(range(start, i))
+            start, used = i, 0
+        used += length
+    if lengths:
+        runs.append(range(start, len(lengths)))
+    return runs
 
 
 @dataclass(frozen=True)
@@ -151,7 +203,9 @@ class LlamaCppEngine:
             context_size=context_size,
             extra={"slots": str(slots), "kv_cache": "unified", "threads": str(self.threads)},
         )
-        self._inbox: queue.SimpleQueue[_Request | _Kill | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Request | _Embed | _Kill | None] = queue.SimpleQueue()
+        self.embedding_limit = 0  # the longest sequence embed() takes, known once loaded
+        self._n_vocab = 0
         self._accepting = False
         self._submit_lock = threading.Lock()
         self._vocab_lock = threading.Lock()  # tokenising never races the worker freeing the model
@@ -235,6 +289,15 @@ class LlamaCppEngine:
         finally:
             request.cancelled = True
 
+    async def embed(self, batch: list[list[int]]) -> list[list[float]]:
+        if not self.healthy():
+            raise self._not_running()
+        check_embeddable(batch, self.embedding_limit, self._n_vocab)
+        loop = asyncio.get_running_loop()
+        job = _Embed(batch, loop, loop.create_future())
+        self._submit(job)
+        return await job.done
+
     def close(self) -> None:
         if self._thread is None:
             return
@@ -274,7 +337,7 @@ class LlamaCppEngine:
     def _not_running(self) -> EngineError:
         return EngineError(f"engine worker is not running ({self._failure or 'stopped'})")
 
-    def _submit(self, request: _Request) -> None:
+    def _submit(self, request: _Request | _Embed) -> None:
         with self._submit_lock:
             if not self._accepting:
                 raise self._not_running()
@@ -304,6 +367,8 @@ class LlamaCppEngine:
                 item = self._inbox.get()
                 if isinstance(item, _Request):
                     orphans.append(item)
+                elif isinstance(item, _Embed):
+                    item.answer(None, self._not_running())
             if worker is not None:
                 with self._vocab_lock:
                     self._vocab = None
@@ -368,6 +433,10 @@ class _Worker:
         )
         engine._vocab = self.vocab
         engine._model = self.model
+        engine._n_vocab = self.n_vocab
+        trained = llama_cpp.llama_model_n_ctx_train(self.model)
+        engine.embedding_limit = min(self.n_ctx, EMBED_TOKENS, trained if trained > 0 else self.n_ctx)
+        self.embedder: _Embedder | None = None
         engine.context_size = self.n_ctx
         engine.info = EngineInfo(engine.info.model, engine.info.engine, self.n_ctx, engine.info.extra)
         self._warm_up(max(bos, 0))
@@ -406,8 +475,10 @@ class _Worker:
                     return
                 if isinstance(item, _Kill):
                     raise WorkerDied(item.reason)
-                assert isinstance(item, _Request)
-                self.waiting.append(item)
+                if isinstance(item, _Embed):
+                    self._embed(item)
+                else:
+                    self.waiting.append(item)
                 try:
                     item = inbox.get_nowait()
                 except queue.Empty:
@@ -415,6 +486,16 @@ class _Worker:
             self._admit()
             self._step()
             self._flush()
+
+    def _embed(self, job: _Embed) -> None:
+        """Answer an embedding batch now, between two generation steps; its failure is its own."""
+        try:
+            if self.embedder is None:
+                self.embedder = _Embedder(self)
+            job.answer(self.embedder.run(job.batch))
+        except Exception as exc:
+            log.exception("embedding failed")
+            job.answer(None, exc if isinstance(exc, EngineError) else EngineError(str(exc)))
 
     # -- room in the KV cache ----------------------------------------------------------------------
 
@@ -709,6 +790,69 @@ class _Worker:
             self.outbox.append((request, Chunk("", finish_reason=reason, prompt_tokens=len(request.tokens))))
         self.waiting = []
         self._flush()
+        if self.embedder is not None:
+            self.embedder.close()
+        self.ll.llama_batch_free(self.batch)
+        self.ll.llama_free(self.ctx)
+
+
+class _Embedder:
+    """The embedding context on the worker's model; lives on the worker thread, made on first use."""
+
+    def __init__(self, worker: _Worker) -> None:
+        ll = self.ll = worker.ll
+        self.limit = worker.engine.embedding_limit
+        params = ll.llama_context_default_params()
+        params.embeddings = True
+        params.pooling_type = self._pooling(worker)
+        params.n_ctx = params.n_batch = params.n_ubatch = self.limit  # a sequence stays in one ubatch
+        params.n_seq_max = EMBED_SEQS
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = worker.engine.threads
+        self.ctx = ll.llama_init_from_model(worker.model, params)
+        if not self.ctx:
+            raise EngineError("llama.cpp could not create an embedding context (out of memory?)")
+        self.mem = ll.llama_get_memory(self.ctx)
+        self.n_embd = ll.llama_model_n_embd(worker.model)
+        self.batch = ll.llama_batch_init(self.limit, 0, 1)
+
+    @staticmethod
+    def _pooling(worker: _Worker) -> int:
+        """The model's own pooling when its GGUF names one, else mean (a decoder LM names none)."""
+        ll = worker.ll
+        arch = worker._metadata("general.architecture") or ""
+        named = worker._metadata(f"{arch}.pooling_type")
+        if named is None or int(named) == ll.LLAMA_POOLING_TYPE_NONE:
+            return int(ll.LLAMA_POOLING_TYPE_MEAN)
+        return int(ll.LLAMA_POOLING_TYPE_UNSPECIFIED)  # the context reads it from the model
+
+    def run(self, sequences: list[list[int]]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for run in passes([len(s) for s in sequences], self.limit, EMBED_SEQS):
+            n = 0
+            for seq_id, tokens in enumerate(sequences[i] for i in run):
+                for pos, token in enumerate(tokens):
+                    self.batch.token[n] = token
+                    self.batch.pos[n] = pos
+                    self.batch.n_seq_id[n] = 1
+                    self.batch.seq_id[n][0] = seq_id
+                    self.batch.logits[n] = True
+                    n += 1
+            self.batch.n_tokens = n
+            try:
+                rc = self.ll.llama_decode(self.ctx, self.batch)
+                if rc != 0:
+                    raise EngineError(f"llama_decode failed with code {rc} on an embedding batch")
+                for seq_id in range(len(run)):
+                    vector = self.ll.llama_get_embeddings_seq(self.ctx, seq_id)
+                    if not vector:
+                        raise EngineError("llama.cpp returned no pooled embedding")
+                    vectors.append(vector[: self.n_embd])
+            finally:
+                self.ll.llama_memory_clear(self.mem, True)
+        return vectors
+
+    def close(self) -> None:
         self.ll.llama_batch_free(self.batch)
         self.ll.llama_free(self.ctx)
 

@@ -4,7 +4,9 @@ On Apple Silicon this is the fast path; on Linux mlx runs on the CPU, slowly. ML
 thread-local, so the worker thread both loads the model and runs every forward pass; the event loop
 only tokenizes, queues requests and relays chunks. Concurrent requests share forward passes through
 mlx-lm's BatchGenerator: a new request joins the running batch between two decode steps, and a
-finished or cancelled one leaves it at once.
+finished or cancelled one leaves it at once. Embeddings are one forward pass of the model's
+hidden layers on the same thread, between two decode steps: the last hidden state (after the final
+norm), mean-pooled over each sequence's own tokens (right padding is never attended: causal).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from inference_server.engines.base import (
     SamplingParams,
     TokenConstraint,
     ToolSpec,
+    check_embeddable,
 )
 from inference_server.engines.chat_template import ChatTemplate
 from inference_server.engines.untrusted import chat_spans
@@ -56,6 +59,25 @@ class _Request:
             self.cancelled.set()
 
 
+@dataclass(eq=False)
+class _Embed:
+    batch: list[list[int]]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[list[list[float]]]
+
+    def answer(self, vectors: list[list[float]] | None, error: BaseException | None = None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(self._settle, vectors, error)
+
+    def _settle(self, vectors: list[list[float]] | None, error: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if error is not None:
+            self.done.set_exception(error)
+        else:
+            self.done.set_result(vectors or [])
+
+
 class MlxEngine:
     def __init__(self, model_dir: Path, *, model_name: str, context_size: int) -> None:
         self.info = EngineInfo(
@@ -65,7 +87,7 @@ class MlxEngine:
             extra={"model_dir": str(model_dir), "concurrency": "continuous batching"},
         )
         self._model_dir = model_dir
-        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._requests: queue.Queue[_Request | _Embed | None] = queue.Queue()
         self._loaded = threading.Event()
         self._closing = threading.Event()
         self._load_error: BaseException | None = None
@@ -144,6 +166,16 @@ class MlxEngine:
         finally:
             request.cancelled.set()
 
+    async def embed(self, batch: list[list[int]]) -> list[list[float]]:
+        if not self.healthy():
+            raise EngineError("the MLX engine is not running")
+        vocab = getattr(getattr(self._model, "args", None), "vocab_size", None) or 0
+        check_embeddable(batch, self.info.context_size, vocab)
+        loop = asyncio.get_running_loop()
+        job = _Embed(batch, loop, loop.create_future())
+        self._requests.put(job)
+        return await job.done
+
     def _encode(self, spans: Sequence[tuple[str, bool]]) -> list[int]:
         """Trusted spans with special tokens parsed, client text without (no role injection)."""
         tokenizer = self._ready_tokenizer()
@@ -191,18 +223,22 @@ class _Batch:
     def __init__(self, model: Any, tokenizer: Any, context_size: int) -> None:
         from mlx_lm.generate import BatchGenerator
 
+        self._model = model
         self._tokenizer = tokenizer
         self._context_size = context_size
         self._generator = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids])
         self._active: dict[int, _Active] = {}
 
-    def run(self, requests: queue.Queue[_Request | None], closing: threading.Event) -> None:
+    def run(self, requests: queue.Queue[_Request | _Embed | None], closing: threading.Event) -> None:
         try:
             while not closing.is_set():
                 # Idle: sleep until a request comes. Busy: take whatever arrived, without waiting.
                 with contextlib.suppress(queue.Empty):
                     while (request := requests.get(block=not self._active)) is not None:
-                        self._admit(request)
+                        if isinstance(request, _Embed):
+                            self._embed(request)
+                        else:
+                            self._admit(request)
                 if closing.is_set():
                     break
                 self._drop_cancelled()
@@ -214,7 +250,10 @@ class _Batch:
                 active.finish(reason)
             with contextlib.suppress(queue.Empty):
                 while True:
-                    if (request := requests.get_nowait()) is not None:
+                    request = requests.get_nowait()
+                    if isinstance(request, _Embed):
+                        request.answer(None, EngineError("the MLX engine stopped"))
+                    elif request is not None:
                         request.send(Chunk("", reason, prompt_tokens=len(request.prompt)))
             self._generator.close()
 
@@ -239,6 +278,24 @@ class _Batch:
             request.send(Chunk("", "error", prompt_tokens=len(request.prompt), error=str(exc)))
             return
         self._active[uid] = _Active(request, self._tokenizer.detokenizer)
+
+    def _embed(self, job: _Embed) -> None:
+        """Mean of the last hidden state over each sequence's tokens, the batch in one forward pass."""
+        import mlx.core as mx
+
+        try:
+            layers = getattr(self._model, "model", None)
+            if layers is None:
+                raise EngineError("this MLX model does not expose its hidden states to pool")
+            longest = max(len(tokens) for tokens in job.batch)
+            ids = mx.array([tokens + [0] * (longest - len(tokens)) for tokens in job.batch])
+            own = mx.array([[1.0] * len(t) + [0.0] * (longest - len(t)) for t in job.batch])[..., None]
+            hidden = layers(ids).astype(mx.float32)
+            pooled = (hidden * own).sum(axis=1) / own.sum(axis=1)
+            job.answer(pooled.tolist())
+        except Exception as exc:
+            _log.exception("MLX embedding failed")
+            job.answer(None, exc if isinstance(exc, EngineError) else EngineError(str(exc)))
 
     def _drop_cancelled(self) -> None:
         gone = [uid for uid, active in self._active.items() if active.request.cancelled.is_set()]

@@ -25,3 +25,8 @@ async def completions(
     request: Request, body: p.CompletionRequest, state: Ready
 ) -> p.Completion | EventStream:
     return await OpenAIServing(state).complete(request, body)
+
+
+@router.post("/embeddings")
+async def embeddings(body: p.EmbeddingRequest, state: Ready) -> p.EmbeddingList:
+    return await OpenAIServing(state).embed(body)

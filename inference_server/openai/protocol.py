@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 from pydantic_core import PydanticCustomError
 
 from inference_server.durations import KeepAlive
@@ -248,3 +248,59 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on the inputs of one request
+
+
+def _embedding_inputs(value: Any) -> list[str] | list[list[int]]:
+    """A string, strings, a token array or token arrays, as a list of texts or of token arrays."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        if all(isinstance(item, str) for item in value):
+            return value
+        if value and all(_is_id(item) for item in value):
+            return [value]
+        if all(isinstance(item, list) and all(_is_id(t) for t in item) for item in value):
+            return value
+    raise PydanticCustomError(
+        "input_type", "must be a string, a list of strings, a token array or a list of token arrays"
+    )
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class EmbeddingRequest(BaseModel):
+    """`input` token arrays are this model's own token ids; `user` is accepted and ignored."""
+
+    model: str
+    input: Annotated[
+        list[str] | list[list[int]],
+        BeforeValidator(_embedding_inputs),
+        Field(max_length=MAX_EMBEDDING_INPUTS),
+    ]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    keep_alive: KeepAlive | None = Field(default=None, description="Ollama's: how long the model stays")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # base64: little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -37,6 +39,7 @@ from inference_server.openai import protocol as p
 from inference_server.runtime import Runtime
 from inference_server.streaming import HOLE, EventStream, filler, sse, unless_disconnected
 from inference_server.toolcalls import ConstraintPlan
+from inference_server.vectors import shortened
 
 _ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
     "system": "system",
@@ -297,6 +300,29 @@ class OpenAIServing:
             raise ApiError("server", f"generation failed: {exc}") from None
         outcome = _outcome(stream)
         return completion(echoed + text, text_finish(outcome), usage(outcome))
+
+    async def embed(self, body_: p.EmbeddingRequest) -> p.EmbeddingList:
+        embedded = await self.runtime.embed(body_.model, body_.input, body_.keep_alive)
+        size = len(embedded.vectors[0])
+        vectors = embedded.vectors
+        if body_.dimensions is not None:
+            if body_.dimensions > size:
+                raise ApiError(
+                    "invalid_request",
+                    f"dimensions: {body_.model}'s embeddings have {size}; ask for at most that",
+                )
+            vectors = [shortened(vector, body_.dimensions) for vector in vectors]
+        data = [
+            p.Embedding(index=i, embedding=_base64(v) if body_.encoding_format == "base64" else v)
+            for i, v in enumerate(vectors)
+        ]
+        use = p.EmbeddingUsage(prompt_tokens=embedded.prompt_tokens, total_tokens=embedded.prompt_tokens)
+        return p.EmbeddingList(data=data, model=body_.model, usage=use)
+
+
+def _base64(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: the float32 values, little-endian."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _outcome(stream: Events | Stream) -> Outcome:

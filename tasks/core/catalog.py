@@ -82,6 +82,9 @@ class CatalogEntry(BaseModel):
 
     name: str
     description: str
+    kind: Literal["chat", "embedding"] = Field(
+        default="chat", description="an embedding model is served for embeddings only"
+    )
     format: Literal["gguf", "mlx", "safetensors"]
     repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
     files: list[str] = []

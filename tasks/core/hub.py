@@ -351,8 +351,9 @@ def _pattern_matches(entry: CatalogEntry, models: ModelsSettings, revision: str)
     return [n for n in listed if any(fnmatch.fnmatch(n, p) for p in entry.patterns)]
 
 
-def download(plan: DownloadPlan, models: ModelsSettings) -> list[Path]:
-    """Fetch what the plan lists (resuming partial files) and return the snapshot paths."""
+def download(plan: DownloadPlan, models: ModelsSettings, progress: Any = None) -> list[Path]:
+    """Fetch what the plan lists (resuming partial files) and return the snapshot paths; `progress`
+    (rich's Progress interface) defaults to a progress bar on the terminal."""
     if not plan.fits:
         raise HomelabError(
             f"not enough disk space in {plan.cache_dir}: the download needs {describe_size(plan.to_fetch)}"
@@ -360,8 +361,8 @@ def download(plan: DownloadPlan, models: ModelsSettings) -> list[Path]:
             "free some space, set models.cache_dir to a bigger disk, or lower models.free_space_margin_mb",
         )
     try:
-        with progress_bar() as progress:
-            return [_fetch(f, models, progress) for f in plan.files]
+        with progress or progress_bar() as shown:
+            return [_fetch(f, models, shown) for f in plan.files]
     except KeyboardInterrupt:
         raise HomelabError(
             "download interrupted", "run the same command again: it resumes where it stopped", exit_code=130
@@ -389,6 +390,49 @@ def progress_bar() -> Any:
         TimeRemainingColumn(),
         console=console(),
     )
+
+
+class JsonProgress:
+    """Progress as Ollama's pull objects (`status`, `digest`, `total`, `completed`), one JSON line
+    each on stdout, for a program to relay (the server's /api/pull): the part of rich's Progress that
+    downloads use, with a line per percent of a file rather than per chunk."""
+
+    def __init__(self, plan: DownloadPlan) -> None:
+        self._digests = {f.remote.filename: f.remote.etag for f in plan.files}
+        self._files: list[dict[str, Any]] = []
+        self._shown: list[int] = []
+
+    def __enter__(self) -> JsonProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: int, completed: int = 0) -> int:
+        etag = self._digests.get(description, "")
+        digest = f"sha256:{etag}" if SHA256.fullmatch(etag) else etag
+        self._files.append({"status": f"pulling {description}", "digest": digest, "total": total})
+        self._shown.append(-1)
+        self.update(len(self._files) - 1, completed=completed)
+        return len(self._files) - 1
+
+    def update(self, task: int, completed: int) -> None:
+        self._files[task]["completed"] = completed
+        self._emit(task)
+
+    def advance(self, task: int, advance: int) -> None:
+        self.update(task, self._files[task]["completed"] + advance)
+
+    def _emit(self, task: int) -> None:
+        import json
+
+        from tasks.core.console import print_json
+
+        file = self._files[task]
+        percent = file["completed"] * 100 // max(1, file["total"])
+        if percent != self._shown[task]:
+            self._shown[task] = percent
+            print_json(json.dumps(file))
 
 
 def _fetch(plan: FilePlan, models: ModelsSettings, progress: Any) -> Path:

@@ -48,13 +48,19 @@ class Status:
 
 
 def served_settings(
-    settings: Settings, api_key_file: str = "", models: str = "", alias: list[str] | None = None, **flags: Any
+    settings: Settings,
+    api_key_file: str = "",
+    models: str = "",
+    alias: list[str] | None = None,
+    manage_command: list[str] | None = None,
+    **flags: Any,
 ) -> ServerSettings:
     """The server's settings: invoke.yaml's `server:` section, with every non-empty flag winning.
 
     The fields both share are taken over by name; the models (each with its files, format and
     context, capped by the model's own), the aliases, the key and the memory budget are worked out
-    here. `models` ("a,b") and `alias` ("PATTERN[=MODEL]", repeatable) replace the configured lists."""
+    here. `models` ("a,b") and `alias` ("PATTERN[=MODEL]", repeatable) replace the configured lists.
+    `manage_command` is how the server runs this checkout's tasks (default: its own `inv`)."""
     given = {k: v for k, v in flags.items() if _given(k, v)}
     try:  # validated again, so a flag is held to its setting's rules (a keep_alive of "5m", say)
         config = ServerConfig.model_validate({**settings.server.model_dump(), **given})
@@ -69,7 +75,7 @@ def served_settings(
         if chosen
         else [default, *_installed(entries, config.engine, settings.models, besides=default.name)]
     )
-    specs = [_spec(entry, config, settings.models) for entry in served_entries]
+    specs = [model_spec(entry, config, settings.models) for entry in served_entries]
     served_names = [spec.name for spec in specs]
     try:
         served = ServerSettings(
@@ -82,6 +88,7 @@ def served_settings(
                 "model_aliases": _aliases(config, alias, served_names),
                 "api_key": server_state.api_key(settings.server, flags.get("api_key", ""), api_key_file),
                 "memory_budget_bytes": config.memory_budget_mb * MIB or memory.default_budget_bytes(),
+                "manage_command": manage_command or MANAGE_COMMAND,
             }
         )
     except ValidationError as exc:
@@ -100,9 +107,11 @@ def served_settings(
 
 
 MIB = 2**20
+MANAGE_COMMAND = [sys.executable, "-m", "invoke", "--search-root", str(PROJECT_ROOT)]
 
 
-def _spec(entry: catalog.CatalogEntry, config: ServerConfig, models: ModelsSettings) -> ModelSpec:
+def model_spec(entry: catalog.CatalogEntry, config: ServerConfig, models: ModelsSettings) -> ModelSpec:
+    """How a server with `config` serves an installed entry."""
     path, model_format = model_files(entry, config.engine, models)
     try:
         factory.choose(config.engine, model_format)
@@ -112,6 +121,7 @@ def _spec(entry: catalog.CatalogEntry, config: ServerConfig, models: ModelsSetti
         name=entry.name,
         path=path,
         format=model_format,
+        kind=entry.kind,
         context_size=min(config.context_size, entry.context_length),
         slots=config.slots,
         keep_alive_s=config.keep_alive,

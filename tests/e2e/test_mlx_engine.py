@@ -264,3 +264,20 @@ def test_a_json_schema_constrains_mlx_answers_too(mlx_smollm2_dir: Path) -> None
             jsonschema.validate(json.loads(text), schema)
     finally:
         engine.close()
+
+
+def test_embeddings_are_mean_pooled_and_a_batch_equals_its_parts(mlx_engine: MlxEngine) -> None:
+    short, long = (
+        mlx_engine.tokenize("A cat."),
+        mlx_engine.tokenize("Rain is expected over the hills tomorrow."),
+    )
+
+    async def run() -> tuple[list[list[float]], list[list[float]]]:
+        return await mlx_engine.embed([short, long]), await mlx_engine.embed([short])
+
+    together, alone = asyncio.run(run())
+    assert len(together) == 2 and len(together[0]) == len(together[1]) > 0
+    assert together[0] == pytest.approx(alone[0], abs=1e-3)  # the shorter one's padding changed nothing
+    assert together[0] != pytest.approx(together[1], abs=1e-3)
+    with pytest.raises(PromptTooLong):
+        asyncio.run(mlx_engine.embed([[1] * (MLX_TEST_CONTEXT + 1)]))

@@ -4,7 +4,8 @@ Every operation gets requests that fit its schema and requests that break it (sc
 and negative modes), a bounded number per operation, from a fixed seed so a failure repeats. Each
 answer must be below 500 and, when it is an error, in its API's envelope. Two changes to what is
 generated keep it about the server rather than the model: `model` is a served name in valid requests
-(random names would all stop at the 404), and generation is tiny (max_tokens at most 4).
+(random names would all stop at the 404), and generation is tiny (max_tokens, or Ollama's num_predict, at
+most 4).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ OPENAI_GENERATION = {
     "/v1/completions": "max_tokens",
     "/v1/responses": "max_output_tokens",
 }
+OLLAMA_GENERATION = ("/api/chat", "/api/generate")
 TIMEOUT = 120  # seconds: the test machine is small and shared; a bound for a hung server only
 
 # e2e by its folder already; said here too, so the fuzz never lands in a quick suite by a move.
@@ -59,6 +61,12 @@ def tiny_generation(body: Any, path: str) -> Any:
     limited = {k: MAX_TOKENS if k in TOKEN_FIELDS and _above_max(v) else v for k, v in body.items()}
     if path in OPENAI_GENERATION and all(body.get(k) is None for k in TOKEN_FIELDS):
         limited[OPENAI_GENERATION[path]] = MAX_TOKENS
+    options = body.get("options")
+    if path in OLLAMA_GENERATION and (options is None or isinstance(options, dict)):
+        # Ollama's num_predict: absent, -1 and -2 all mean the rest of the context
+        predict = (options or {}).get("num_predict")
+        if not isinstance(predict, int) or isinstance(predict, bool) or not 0 < predict <= MAX_TOKENS:
+            limited["options"] = {**(options or {}), "num_predict": MAX_TOKENS}
     return limited
 
 
@@ -77,6 +85,10 @@ def envelope_problem(path: str, status: int, content: bytes) -> str:
         answer = json.loads(content)
     except ValueError:
         return f"{status} with a body that is not JSON: {content[:200]!r}"
+    if path.startswith("/api/"):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        ok = isinstance(error, str) and bool(error)
+        return "" if ok else f'{status} not in Ollama\'s {{"error": "..."}}: {content[:300]!r}'
     if path.startswith("/v1/messages"):
         error = answer.get("error") if isinstance(answer, dict) else None
         ok = answer.get("type") == "error" and isinstance(error, dict) and isinstance(error.get("type"), str)

@@ -43,6 +43,7 @@ SETTINGS = {
     "strip_billing_header": True,
     "allowed_hosts": ["localhost", "127.0.0.1", "::1"],
     "stop_grace_s": 5,
+    "manage_command": ["inv"],
 }
 
 
@@ -64,6 +65,9 @@ def test_errors_use_each_apis_envelope() -> None:
         "type": "invalid_request_error",
         "param": None,
         "code": "context_length_exceeded",
+    }
+    assert body("not_found", "model 'x' not found", anthropic=False, ollama=True) == {
+        "error": "model 'x' not found"
     }
 
 
