@@ -9,6 +9,8 @@ be in flight at once: an engine may batch them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -157,3 +159,24 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Stop the worker; requests in flight end with finish_reason 'cancelled'."""
+
+
+@dataclass(eq=False)
+class EmbedJob:
+    """A batch an engine's worker thread embeds; it answers on the caller's event loop."""
+
+    batch: list[list[int]]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[list[list[float]]]
+
+    def answer(self, vectors: list[list[float]] | None, error: BaseException | None = None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(self._settle, vectors, error)
+
+    def _settle(self, vectors: list[list[float]] | None, error: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if error is not None:
+            self.done.set_exception(error)
+        else:
+            self.done.set_result(vectors or [])

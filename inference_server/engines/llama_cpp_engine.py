@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import ctypes
 import itertools
 import logging
@@ -42,6 +41,7 @@ from typing import Any
 from inference_server.engines.base import (
     ChatMessage,
     Chunk,
+    EmbedJob,
     EngineError,
     EngineInfo,
     FinishReason,
@@ -107,30 +107,6 @@ class _Request:
     decoder: codecs.IncrementalDecoder | None = None
     cached_tokens: int = 0
     completion_tokens: int = 0
-
-
-@dataclass(eq=False)
-class _Embed:
-    """A batch to embed; the worker answers on the caller's event loop."""
-
-    batch: list[list[int]]
-    loop: asyncio.AbstractEventLoop
-    done: asyncio.Future[list[list[float]]]
-
-    def answer(self, vectors: list[list[float]] | None, error: BaseException | None = None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(_settle, self.done, vectors, error)
-
-
-def _settle(
-    done: asyncio.Future[list[list[float]]], vectors: list[list[float]] | None, error: BaseException | None
-) -> None:
-    if done.done():
-        return
-    if error is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(vectors or [])
 
 
 def passes(lengths: Sequence[int], tokens: int, seqs: int) -> list[range]:
@@ -203,7 +179,7 @@ class LlamaCppEngine:
             context_size=context_size,
             extra={"slots": str(slots), "kv_cache": "unified", "threads": str(self.threads)},
         )
-        self._inbox: queue.SimpleQueue[_Request | _Embed | _Kill | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Request | EmbedJob | _Kill | None] = queue.SimpleQueue()
         self.embedding_limit = 0  # the longest sequence embed() takes, known once loaded
         self._n_vocab = 0
         self._accepting = False
@@ -294,7 +270,7 @@ class LlamaCppEngine:
             raise self._not_running()
         check_embeddable(batch, self.embedding_limit, self._n_vocab)
         loop = asyncio.get_running_loop()
-        job = _Embed(batch, loop, loop.create_future())
+        job = EmbedJob(batch, loop, loop.create_future())
         self._submit(job)
         return await job.done
 
@@ -337,7 +313,7 @@ class LlamaCppEngine:
     def _not_running(self) -> EngineError:
         return EngineError(f"engine worker is not running ({self._failure or 'stopped'})")
 
-    def _submit(self, request: _Request | _Embed) -> None:
+    def _submit(self, request: _Request | EmbedJob) -> None:
         with self._submit_lock:
             if not self._accepting:
                 raise self._not_running()
@@ -367,7 +343,7 @@ class LlamaCppEngine:
                 item = self._inbox.get()
                 if isinstance(item, _Request):
                     orphans.append(item)
-                elif isinstance(item, _Embed):
+                elif isinstance(item, EmbedJob):
                     item.answer(None, self._not_running())
             if worker is not None:
                 with self._vocab_lock:
@@ -475,7 +451,7 @@ class _Worker:
                     return
                 if isinstance(item, _Kill):
                     raise WorkerDied(item.reason)
-                if isinstance(item, _Embed):
+                if isinstance(item, EmbedJob):
                     self._embed(item)
                 else:
                     self.waiting.append(item)
@@ -487,7 +463,7 @@ class _Worker:
             self._step()
             self._flush()
 
-    def _embed(self, job: _Embed) -> None:
+    def _embed(self, job: EmbedJob) -> None:
         """Answer an embedding batch now, between two generation steps; its failure is its own."""
         try:
             if self.embedder is None:

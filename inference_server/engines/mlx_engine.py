@@ -24,6 +24,7 @@ from typing import Any
 from inference_server.engines.base import (
     ChatMessage,
     Chunk,
+    EmbedJob,
     EngineError,
     EngineInfo,
     FinishReason,
@@ -59,25 +60,6 @@ class _Request:
             self.cancelled.set()
 
 
-@dataclass(eq=False)
-class _Embed:
-    batch: list[list[int]]
-    loop: asyncio.AbstractEventLoop
-    done: asyncio.Future[list[list[float]]]
-
-    def answer(self, vectors: list[list[float]] | None, error: BaseException | None = None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(self._settle, vectors, error)
-
-    def _settle(self, vectors: list[list[float]] | None, error: BaseException | None) -> None:
-        if self.done.done():
-            return
-        if error is not None:
-            self.done.set_exception(error)
-        else:
-            self.done.set_result(vectors or [])
-
-
 class MlxEngine:
     def __init__(self, model_dir: Path, *, model_name: str, context_size: int) -> None:
         self.info = EngineInfo(
@@ -87,7 +69,7 @@ class MlxEngine:
             extra={"model_dir": str(model_dir), "concurrency": "continuous batching"},
         )
         self._model_dir = model_dir
-        self._requests: queue.Queue[_Request | _Embed | None] = queue.Queue()
+        self._requests: queue.Queue[_Request | EmbedJob | None] = queue.Queue()
         self._loaded = threading.Event()
         self._closing = threading.Event()
         self._load_error: BaseException | None = None
@@ -172,7 +154,7 @@ class MlxEngine:
         vocab = getattr(getattr(self._model, "args", None), "vocab_size", None) or 0
         check_embeddable(batch, self.info.context_size, vocab)
         loop = asyncio.get_running_loop()
-        job = _Embed(batch, loop, loop.create_future())
+        job = EmbedJob(batch, loop, loop.create_future())
         self._requests.put(job)
         return await job.done
 
@@ -229,13 +211,13 @@ class _Batch:
         self._generator = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids])
         self._active: dict[int, _Active] = {}
 
-    def run(self, requests: queue.Queue[_Request | _Embed | None], closing: threading.Event) -> None:
+    def run(self, requests: queue.Queue[_Request | EmbedJob | None], closing: threading.Event) -> None:
         try:
             while not closing.is_set():
                 # Idle: sleep until a request comes. Busy: take whatever arrived, without waiting.
                 with contextlib.suppress(queue.Empty):
                     while (request := requests.get(block=not self._active)) is not None:
-                        if isinstance(request, _Embed):
+                        if isinstance(request, EmbedJob):
                             self._embed(request)
                         else:
                             self._admit(request)
@@ -251,7 +233,7 @@ class _Batch:
             with contextlib.suppress(queue.Empty):
                 while True:
                     request = requests.get_nowait()
-                    if isinstance(request, _Embed):
+                    if isinstance(request, EmbedJob):
                         request.answer(None, EngineError("the MLX engine stopped"))
                     elif request is not None:
                         request.send(Chunk("", reason, prompt_tokens=len(request.prompt)))
@@ -279,7 +261,7 @@ class _Batch:
             return
         self._active[uid] = _Active(request, self._tokenizer.detokenizer)
 
-    def _embed(self, job: _Embed) -> None:
+    def _embed(self, job: EmbedJob) -> None:
         """Mean of the last hidden state over each sequence's tokens, the batch in one forward pass."""
         import mlx.core as mx
 
