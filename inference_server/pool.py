@@ -44,13 +44,15 @@ class Footprint:
 
     estimate: memory.MemoryEstimate | None  # None: the file could not be read (its size is counted)
     prefix_cache: int
+    embedding: int  # the embedding context, made on the first embedding request
     bytes: int
 
     def too_big(self, name: str, room: int, beside_pinned: bool = False) -> str:
         """The one line that refuses a model that cannot fit, with the numbers and the fixes."""
         parts = (
             f"weights {_mb(self.estimate.weights)} + KV cache {_mb(self.estimate.kv_cache)} + "
-            f"compute {_mb(self.estimate.compute)} + prefix cache {_mb(self.prefix_cache)}"
+            f"compute {_mb(self.estimate.compute)} + prefix cache {_mb(self.prefix_cache)} + "
+            f"embedding context {_mb(self.embedding)}"
             if self.estimate
             else "its files"
         )
@@ -72,7 +74,14 @@ def footprint(spec: ModelSpec, settings: ServerSettings) -> Footprint:
         estimate = None
     llama = factory.choose(settings.engine, spec.format) == "llama_cpp"
     prefix = settings.prefix_cache_bytes if llama else 0  # only the llama.cpp engine keeps a store
-    return Footprint(estimate, prefix, (estimate.total if estimate else _size(spec)) + prefix)
+    embedding = 0
+    if llama and estimate is not None:  # a second context: its cache and buffers, the weights shared
+        from inference_server.engines.llama_cpp_engine import EMBED_SEQS, EMBED_TOKENS
+
+        extra = memory.estimate(spec.path, spec.format, min(spec.context_size, EMBED_TOKENS), EMBED_SEQS)
+        embedding = extra.kv_cache + extra.compute
+    total = (estimate.total if estimate else _size(spec)) + prefix + embedding
+    return Footprint(estimate, prefix, embedding, total)
 
 
 @dataclass

@@ -105,6 +105,7 @@ def _row(model: Model, default: bool) -> dict[str, object]:
         "active_requests": model.held,
         "footprint_bytes": model.need.bytes,
         "prefix_cache_bytes": model.need.prefix_cache,
+        "embedding_context_bytes": model.need.embedding,
         "estimate": {
             "weights_bytes": estimate.weights,
             "kv_cache_bytes": estimate.kv_cache,

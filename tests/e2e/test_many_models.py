@@ -284,7 +284,8 @@ def test_a_pinned_model_survives_pressure_and_what_cannot_fit_is_refused_in_one_
     message = refused.value.body["message"]  # type: ignore[index]
     assert re.fullmatch(
         rf"model '{OTHER}' needs [\d,]+ MiB \(weights [\d,]+ MiB \+ KV cache [\d,]+ MiB \+ compute [\d,]+ MiB"
-        r" \+ prefix cache [\d,]+ MiB\) but the memory budget has [\d,]+ MiB left beside the pinned models: "
+        r" \+ prefix cache [\d,]+ MiB \+ embedding context [\d,]+ MiB\) but the memory budget has [\d,]+ MiB"
+        r" left beside the pinned models: "
         r"serve it with fewer slots or a smaller context, raise server.memory_budget_mb, "
         r"or use a smaller quant",
         message,
