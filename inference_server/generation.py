@@ -346,6 +346,7 @@ class Generation:
         return vectors, tokens
 
     async def _embedding_tokens(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+        """Token arrays as sent, texts tokenised (all in one thread hop); empty inputs and a mix refused."""
         for i, item in enumerate(inputs):
             if not item:
                 raise ApiError("invalid_request", f"input[{i}] is empty: an empty input has no embedding")
