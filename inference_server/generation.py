@@ -39,6 +39,8 @@ FinishReason = Literal["stop", "length", "stop_sequence", "tool_calls"]
 # No tokenizer packs more characters than this into one token: a prompt longer than the context times
 # this is refused before it is tokenised (a 12 MB body would otherwise cost seconds of tokenising).
 MAX_CHARS_PER_TOKEN = 32
+# OpenAI's bound on the tokens of one embeddings request: the body limit alone would allow millions.
+MAX_EMBEDDING_TOKENS = 300_000
 
 
 class StopMatcher:
@@ -321,6 +323,12 @@ class Generation:
         if not inputs:
             raise ApiError("invalid_request", "input: send at least one text or token array")
         batch = await self._embedding_tokens(inputs)
+        tokens = sum(len(ids) for ids in batch)
+        if tokens > MAX_EMBEDDING_TOKENS:
+            raise ApiError(
+                "invalid_request",
+                f"input: {tokens} tokens in one request, more than {MAX_EMBEDDING_TOKENS}: send fewer inputs",
+            )
         try:
             vectors = await self.engine.embed(batch)
         except PromptTooLong as exc:
@@ -334,11 +342,11 @@ class Generation:
             raise ApiError("invalid_request", f"input: {exc}") from None
         except EngineError as exc:
             raise ApiError("overloaded", f"engine failed: {exc}", retry_after_s=5) from None
-        tokens = sum(len(ids) for ids in batch)
         self.metrics.prompt_tokens.inc(tokens)
         return vectors, tokens
 
     async def _embedding_tokens(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+        """Token arrays as sent, texts tokenised (all in one thread hop); empty inputs and a mix refused."""
         for i, item in enumerate(inputs):
             if not item:
                 raise ApiError("invalid_request", f"input[{i}] is empty: an empty input has no embedding")

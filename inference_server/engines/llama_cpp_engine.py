@@ -18,9 +18,10 @@ the prefix store first.
 Embeddings come from a second context on the same model, created on the first request for them
 (most servers never embed) with `embeddings` on and the model's pooling, or mean pooling for a
 decoder LM whose GGUF names none. It lives on the same worker thread, so it shares that thread's
-OpenMP pool instead of starting a second one that fights the first for the cores; an embedding batch
-is one decode between two generation steps. Its sequences are packed into as few passes as fit the
-context (one seq_id each), and a sequence is never split across micro-batches: pooling needs it whole.
+OpenMP pool instead of starting a second one that fights the first for the cores. A batch's sequences
+are packed into as few passes as fit the context (one seq_id each; a sequence is never split across
+micro-batches, since pooling needs it whole), and each step decodes one pass beside the generation
+step, so a big batch slows the streams down as a long prompt does but never stalls them.
 """
 
 from __future__ import annotations
@@ -109,6 +110,15 @@ class _Request:
     completion_tokens: int = 0
 
 
+@dataclass(eq=False)
+class _Embed(EmbedJob):
+    """An embedding batch with the worker's bookkeeping: decoded one pass per step."""
+
+    cancelled: bool = False  # the caller stopped waiting
+    runs: list[range] | None = None  # the worker's from here on: the passes still to decode
+    vectors: list[list[float]] = field(default_factory=list)
+
+
 def passes(lengths: Sequence[int], tokens: int, seqs: int) -> list[range]:
     """Consecutive runs of sequences, each within `tokens` tokens and `seqs` sequences: one decode each
     (every length is at most `tokens`)."""
@@ -179,7 +189,7 @@ class LlamaCppEngine:
             context_size=context_size,
             extra={"slots": str(slots), "kv_cache": "unified", "threads": str(self.threads)},
         )
-        self._inbox: queue.SimpleQueue[_Request | EmbedJob | _Kill | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Request | _Embed | _Kill | None] = queue.SimpleQueue()
         self.embedding_limit = 0  # the longest sequence embed() takes, known once loaded
         self._n_vocab = 0
         self._accepting = False
@@ -270,9 +280,12 @@ class LlamaCppEngine:
             raise self._not_running()
         check_embeddable(batch, self.embedding_limit, self._n_vocab)
         loop = asyncio.get_running_loop()
-        job = EmbedJob(batch, loop, loop.create_future())
+        job = _Embed(batch, loop, loop.create_future())
         self._submit(job)
-        return await job.done
+        try:
+            return await job.done
+        finally:
+            job.cancelled = True
 
     def close(self) -> None:
         if self._thread is None:
@@ -313,7 +326,7 @@ class LlamaCppEngine:
     def _not_running(self) -> EngineError:
         return EngineError(f"engine worker is not running ({self._failure or 'stopped'})")
 
-    def _submit(self, request: _Request | EmbedJob) -> None:
+    def _submit(self, request: _Request | _Embed) -> None:
         with self._submit_lock:
             if not self._accepting:
                 raise self._not_running()
@@ -413,6 +426,7 @@ class _Worker:
         trained = llama_cpp.llama_model_n_ctx_train(self.model)
         engine.embedding_limit = min(self.n_ctx, EMBED_TOKENS, trained if trained > 0 else self.n_ctx)
         self.embedder: _Embedder | None = None
+        self.embeds: list[_Embed] = []
         engine.context_size = self.n_ctx
         engine.info = EngineInfo(engine.info.model, engine.info.engine, self.n_ctx, engine.info.extra)
         self._warm_up(max(bos, 0))
@@ -441,7 +455,7 @@ class _Worker:
     def serve(self) -> None:
         inbox = self.engine._inbox
         while True:
-            busy = self.waiting or any(slot.request for slot in self.slots)
+            busy = self.waiting or self.embeds or any(slot.request for slot in self.slots)
             try:
                 item = inbox.get_nowait() if busy else inbox.get()
             except queue.Empty:
@@ -451,8 +465,8 @@ class _Worker:
                     return
                 if isinstance(item, _Kill):
                     raise WorkerDied(item.reason)
-                if isinstance(item, EmbedJob):
-                    self._embed(item)
+                if isinstance(item, _Embed):
+                    self.embeds.append(item)
                 else:
                     self.waiting.append(item)
                 try:
@@ -461,16 +475,29 @@ class _Worker:
                     item = _NOTHING
             self._admit()
             self._step()
+            self._embed_pass()
             self._flush()
 
-    def _embed(self, job: EmbedJob) -> None:
-        """Answer an embedding batch now, between two generation steps; its failure is its own."""
+    def _embed_pass(self) -> None:
+        """One pass of the oldest embedding batch, answered after its last; its failure is its own."""
+        while self.embeds and self.embeds[0].cancelled:
+            self.embeds.pop(0)
+        if not self.embeds:
+            return
+        job = self.embeds[0]
         try:
             if self.embedder is None:
                 self.embedder = _Embedder(self)
-            job.answer(self.embedder.run(job.batch))
+            if job.runs is None:
+                job.runs = passes([len(s) for s in job.batch], self.embedder.limit, EMBED_SEQS)
+            run = job.runs.pop(0)
+            job.vectors += self.embedder.run([job.batch[i] for i in run])
+            if not job.runs:
+                self.embeds.pop(0)
+                job.answer(job.vectors)
         except Exception as exc:
             log.exception("embedding failed")
+            self.embeds.pop(0)
             job.answer(None, exc if isinstance(exc, EngineError) else EngineError(str(exc)))
 
     # -- room in the KV cache ----------------------------------------------------------------------
@@ -766,6 +793,8 @@ class _Worker:
             self.outbox.append((request, Chunk("", finish_reason=reason, prompt_tokens=len(request.tokens))))
         self.waiting = []
         self._flush()
+        for job in self.embeds:
+            job.answer(None, EngineError(f"the engine is shutting down or failed ({reason})"))
         if self.embedder is not None:
             self.embedder.close()
         self.ll.llama_batch_free(self.batch)
@@ -803,30 +832,30 @@ class _Embedder:
         return int(ll.LLAMA_POOLING_TYPE_UNSPECIFIED)  # the context reads it from the model
 
     def run(self, sequences: list[list[int]]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for run in passes([len(s) for s in sequences], self.limit, EMBED_SEQS):
-            n = 0
-            for seq_id, tokens in enumerate(sequences[i] for i in run):
-                for pos, token in enumerate(tokens):
-                    self.batch.token[n] = token
-                    self.batch.pos[n] = pos
-                    self.batch.n_seq_id[n] = 1
-                    self.batch.seq_id[n][0] = seq_id
-                    self.batch.logits[n] = True
-                    n += 1
-            self.batch.n_tokens = n
-            try:
-                rc = self.ll.llama_decode(self.ctx, self.batch)
-                if rc != 0:
-                    raise EngineError(f"llama_decode failed with code {rc} on an embedding batch")
-                for seq_id in range(len(run)):
-                    vector = self.ll.llama_get_embeddings_seq(self.ctx, seq_id)
-                    if not vector:
-                        raise EngineError("llama.cpp returned no pooled embedding")
-                    vectors.append(vector[: self.n_embd])
-            finally:
-                self.ll.llama_memory_clear(self.mem, True)
-        return vectors
+        """One decode: sequences that fit the context together (see `passes`), one seq_id each."""
+        n = 0
+        for seq_id, tokens in enumerate(sequences):
+            for pos, token in enumerate(tokens):
+                self.batch.token[n] = token
+                self.batch.pos[n] = pos
+                self.batch.n_seq_id[n] = 1
+                self.batch.seq_id[n][0] = seq_id
+                self.batch.logits[n] = True
+                n += 1
+        self.batch.n_tokens = n
+        try:
+            rc = self.ll.llama_decode(self.ctx, self.batch)
+            if rc != 0:
+                raise EngineError(f"llama_decode failed with code {rc} on an embedding batch")
+            vectors = []
+            for seq_id in range(len(sequences)):
+                vector = self.ll.llama_get_embeddings_seq(self.ctx, seq_id)
+                if not vector:
+                    raise EngineError("llama.cpp returned no pooled embedding")
+                vectors.append(vector[: self.n_embd])
+            return vectors
+        finally:
+            self.ll.llama_memory_clear(self.mem, True)
 
     def close(self) -> None:
         self.ll.llama_batch_free(self.batch)

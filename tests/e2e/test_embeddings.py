@@ -95,6 +95,15 @@ def test_token_arrays_embed_as_the_model_s_own_ids(oai: openai.OpenAI) -> None:
     assert one.data[0].embedding == pytest.approx(many.data[0].embedding, abs=1e-3)
 
 
+def test_a_batch_bigger_than_one_pass_is_embedded_whole_and_in_order(oai: openai.OpenAI) -> None:
+    many = [[1, 504 + i, 2143] for i in range(65)]  # a pass takes 64 sequences: two passes
+    together = [item.embedding for item in oai.embeddings.create(model=MODEL, input=many).data]
+    alone = [oai.embeddings.create(model=MODEL, input=many[i]).data[0].embedding for i in (0, 64)]
+    assert len(together) == 65
+    assert cosine(together[0], alone[0]) > 0.999 and cosine(together[64], alone[1]) > 0.999
+    assert cosine(together[64], alone[1]) > cosine(together[63], alone[1])  # in order
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [
@@ -106,6 +115,7 @@ def test_token_arrays_embed_as_the_model_s_own_ids(oai: openai.OpenAI) -> None:
         ({"input": [1, "a"]}, "must be a string, a list of strings"),
         ({"input": [[10**9]]}, "not in the model's vocabulary"),
         ({"input": [[1] * 3000]}, "more than the 2048"),
+        ({"input": [[1] * 2000] * 151}, "more than 300000"),
         ({"input": "x", "encoding_format": "hex"}, "encoding_format"),
         ({"input": "x", "dimensions": 0}, "dimensions"),
     ],
