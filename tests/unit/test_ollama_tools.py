@@ -16,18 +16,12 @@ import pytest
 from inference_server.engines.base import EngineError, ToolSpec
 from inference_server.ollama import protocol as p
 from inference_server.ollama.serving import Reply, Timer, to_messages
-from inference_server.toolcalls import CallArgs, CallEnd, CallStart, TextDelta
-from tests.fixtures.recorded_stream import Recorded, sse_text
+from inference_server.toolcalls import TextDelta
+from tests.fixtures.recorded_stream import Recorded, sse_text, weather_call_events
 
 PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 TOOLS = [ToolSpec("get_weather", "Weather in a city", PARAMETERS)]
-ONE_CALL = [
-    TextDelta("\n"),
-    CallStart(0, "get_weather"),
-    CallArgs(0, '{"city": '),
-    CallArgs(0, '"Paris"}'),
-    CallEnd(0, "get_weather", {"city": "Paris"}),
-]
+ONE_CALL = weather_call_events()
 
 
 class _Loaded:

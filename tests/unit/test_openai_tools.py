@@ -21,7 +21,7 @@ from inference_server.errors import ApiError
 from inference_server.openai import protocol as p
 from inference_server.openai.serving import ChatReply, constraint, to_messages
 from inference_server.toolcalls import CallArgs, CallEnd, CallStart, TextDelta
-from tests.fixtures.recorded_stream import Recorded, replaying, sse_text
+from tests.fixtures.recorded_stream import Recorded, replaying, sse_text, weather_call_events
 
 WEATHER = {
     "type": "function",
@@ -33,13 +33,7 @@ WEATHER = {
 }
 TOOLS = [ToolSpec("get_weather", "Weather in a city", WEATHER["function"]["parameters"])]  # type: ignore[index]
 CALL_ID = re.compile(r"^call_[0-9a-f]{24,}$")
-ONE_CALL = [
-    TextDelta("\n"),
-    CallStart(0, "get_weather"),
-    CallArgs(0, '{"city": '),
-    CallArgs(0, '"Paris"}'),
-    CallEnd(0, "get_weather", {"city": "Paris"}),
-]
+ONE_CALL = weather_call_events()
 
 
 def request(**fields: Any) -> p.ChatCompletionRequest:

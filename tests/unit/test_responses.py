@@ -16,19 +16,13 @@ from inference_server.errors import ApiError
 from inference_server.responses import protocol as p
 from inference_server.responses.serving import Reply, to_messages
 from inference_server.responses.store import ResponseStore, stored
-from inference_server.toolcalls import CallArgs, CallEnd, CallStart, TextDelta
-from tests.fixtures.recorded_stream import Recorded, replaying, sse_text
+from inference_server.toolcalls import TextDelta
+from tests.fixtures.recorded_stream import Recorded, replaying, sse_text, weather_call_events
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 TOOLS = [ToolSpec("get_weather", "Weather in a city", WEATHER)]
 CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
-TEXT_THEN_CALL = [
-    TextDelta("Let me look."),
-    CallStart(0, "get_weather"),
-    CallArgs(0, '{"city": '),
-    CallArgs(0, '"Paris"}'),
-    CallEnd(0, "get_weather", {"city": "Paris"}),
-]
+TEXT_THEN_CALL = weather_call_events("Let me look.")
 
 
 def request(**fields: Any) -> p.ResponsesRequest:
