@@ -21,7 +21,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inference_server import pool
 from inference_server.engines import factory, memory
 from inference_server.engines.base import EngineError
 from inference_server.settings import Alias, ModelFormat, ModelSpec, ServerSettings
@@ -100,6 +99,8 @@ def served_settings(
             f"server.pinned names {sorted(unknown_pins)}, which this server does not serve",
             "install them or add them to server.models",
         )
+    from inference_server import pool  # FastAPI and the engines' tables: only starting needs them
+
     need = pool.footprint(served.default, served)
     if need.bytes > served.memory_budget_bytes:
         raise HomelabError(need.too_big(default.name, served.memory_budget_bytes))
