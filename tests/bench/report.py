@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_server.settings import ServerSettings
-from tasks.core import config
+from tasks.core import config, files
 
 BENCH_DIR = config.PROJECT_ROOT / ".bench"
 
@@ -39,8 +39,5 @@ def load_line(before: tuple[float, ...], after: tuple[float, ...]) -> str:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    partial.replace(path)
+    files.write_atomically(path, json.dumps(data, indent=2) + "\n")
     print(f"wrote {path.relative_to(config.PROJECT_ROOT)}")
