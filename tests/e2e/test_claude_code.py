@@ -229,7 +229,9 @@ def test_prompt_longer_than_the_context_ends_in_claude_codes_own_refusal(
 
 
 def test_claude_code_here_against_server_start_through_fab(ssh_lab: Lab, tmp_path: Path) -> None:
-    """`fab -H a server.start` on the sshd host; its `server.claude --print-only` gives the environment."""
+    """`fab -H a server.start` on the sshd host; its `server.claude --print-only` gives the environment.
+    The answer cap is lowered to server.claude's floor, as in the cache test: that host's server
+    prefills Claude Code's prompt anew, and what is proved is the environment, not a long answer."""
     lab_yaml = ssh_lab.write_config(tmp_path / "lab.yaml")
     started = cli("fab", lab_yaml, "-H", "a", "server.start", "--api-key", KEY, timeout_s=300)
     try:
@@ -239,6 +241,7 @@ def test_claude_code_here_against_server_start_through_fab(ssh_lab: Lab, tmp_pat
         exports = [shlex.split(line)[1] for line in printed.stdout.splitlines() if line.startswith("export ")]
         env = dict(item.split("=", 1) for item in exports)
         assert env["ANTHROPIC_AUTH_TOKEN"] == KEY
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(claude_code.output_cap(0))
         assert_answered(run_claude(env, tmp_path / "home", tmp_path / "work", *PROMPT_ARGS))
     finally:
         cli("fab", lab_yaml, "-H", "a", "server.stop", timeout_s=120)
