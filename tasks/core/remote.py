@@ -219,3 +219,10 @@ def move_checkout_command(target: Target, commit: str, forward: bool) -> str:
     git = f"git -C {shell_path(target.checkout)}"
     move = "merge --ff-only -q" if forward else "reset --keep -q"
     return f"{git} {move} {shlex.quote(commit)} && {git} log -1 --format='now at %h %s'"
+
+
+def sha256_command(target: Target, path: str) -> str:
+    """The sha256 of a file on the host, by the checkout's own interpreter (no sha256sum on a Mac)."""
+    code = "import hashlib,sys;print(hashlib.file_digest(open(sys.argv[1],'rb'),'sha256').hexdigest())"
+    python = shell_path(target.python)
+    return f"cd {shell_path(target.checkout)} && {python} -c {shlex.quote(code)} {shlex.quote(path)}"
