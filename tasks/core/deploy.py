@@ -181,7 +181,6 @@ def update_host(
             plan.target.name, plan.current, plan.commit, plan.bootstrap, server, result, seconds, error
         )
 
-    idle = "restarted" if plan.server_running else "stopped"
     if plan.up_to_date:
         return outcome("running" if plan.server_running else "stopped", "up to date")
     prefix = plan.target.name.ljust(width)
@@ -194,7 +193,7 @@ def update_host(
     try:
         try:
             _forward(host, plan)
-            return outcome(idle, "updated")
+            return outcome("restarted" if plan.server_running else "stopped", "updated")
         except StepFailed as failure:
             host.say(f"{failure.step} failed: {failure.detail}; putting {plan.current[:7]} back")
             server, result = _roll_back(host, plan)

@@ -43,11 +43,11 @@ class Copied:
 
 @dataclass
 class _Source:
-    """Where the files come from: their layout and a way to open one for reading."""
+    """Where the files come from: their layout and a way to open one for reading from an offset."""
 
     where: str
     layout: store.CacheLayout
-    open: Callable[[str], Any]
+    open: Callable[[str, int], Any]
 
 
 def copy_entry(
@@ -83,7 +83,7 @@ def _source(config: Any, settings: Settings, entry: CatalogEntry, origin: Target
     try:
         layout = remote_layout(connection, origin, entry.name)
         sftp = open_sftp(connection, origin)
-        yield _Source(origin.name, layout, lambda path: sftp.open(path, "rb"))
+        yield _Source(origin.name, layout, lambda path, offset: _open_remote(sftp, path, offset))
     finally:
         connection.close()
 
@@ -101,8 +101,18 @@ def open_sftp(connection: Any, target: Target) -> Any:
         ) from None
 
 
-def _open_here(path: str) -> IO[bytes]:
-    return open(path, "rb")  # the caller's `with` closes it
+def _open_here(path: str, offset: int) -> IO[bytes]:
+    handle = open(path, "rb")  # noqa: SIM115 (the caller's `with` closes it)
+    handle.seek(offset)
+    return handle
+
+
+def _open_remote(sftp: Any, path: str, offset: int) -> Any:
+    """A file on the source host, read ahead in parallel requests (one at a time crawls)."""
+    handle = sftp.open(path, "rb")
+    handle.seek(offset)
+    handle.prefetch()
+    return handle
 
 
 def remote_layout(connection: Any, target: Target, name: str) -> store.CacheLayout:
@@ -135,7 +145,7 @@ def _expected_sha256(entry: CatalogEntry, file: store.CachedFile, source: _Sourc
     import hashlib
 
     digest = hashlib.sha256()
-    with source.open(_source_path(source.layout, file)) as handle:
+    with source.open(_source_path(source.layout, file), 0) as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -167,6 +177,9 @@ def _copy_to(
         return results
     except HomelabError as exc:
         return [Copied(target.name, "", "failed", 0, time.monotonic() - started, False, exc.message)]
+    except OSError as exc:  # what SFTP says of a path there: no space, no permission
+        detail = f"{target.name}: {exc.strerror or exc}"
+        return [Copied(target.name, "", "failed", 0, time.monotonic() - started, False, detail)]
     finally:
         connection.close()
 
@@ -198,7 +211,7 @@ class _Send:
             self.sftp.remove(partial)
             have = 0
         bar = progress.add_task(f"{self.target.name}: {self.file.name}", total=self.file.size, completed=have)
-        with source.open(_source_path(source.layout, self.file)) as reading:
+        with source.open(_source_path(source.layout, self.file), have) as reading:
             self._append(reading, partial, have, lambda n: progress.advance(bar, n))
         sent, seconds = self.file.size - have, time.monotonic() - started
         arrived = self._sha256(partial)
@@ -213,7 +226,6 @@ class _Send:
         return Copied(self.target.name, self.file.name, result, sent, seconds, True)
 
     def _append(self, reading: IO[bytes], partial: str, have: int, advance: Callable[[int], Any]) -> None:
-        reading.seek(have)
         with self.sftp.open(partial, "ab" if have else "wb") as out:
             out.set_pipelined(True)
             while chunk := reading.read(CHUNK):
