@@ -64,3 +64,84 @@ def status(c: Context, hosts: str = "", tag: str = "", json: bool = False) -> No
         rows.append((target.name, "yes", facts.revision, facts.server, facts.model, facts.health, free, ""))
     columns = ["host", "reachable", "revision", "server", "model", "health", "disk free", "problem"]
     print_table("Homelab", columns, rows)
+
+
+@task(
+    help={
+        "rev": "branch, tag or commit to deploy, resolved in this checkout (or git.repo); default: its HEAD",
+        "hosts": _WHICH["hosts"],
+        "tag": _WHICH["tag"],
+        "batch": "hosts updated at once (default 1: one after another)",
+        "dry_run": "only show the plan: each host's commit, bootstrap?, server (hosts fetch, nothing moves)",
+        "json": JSON_HELP,
+    },
+    auto_shortflags=False,
+)
+def deploy(
+    c: Context,
+    rev: str = "",
+    hosts: str = "",
+    tag: str = "",
+    batch: int = 1,
+    dry_run: bool = False,
+    json: bool = False,
+) -> None:
+    """Roll a commit out to the hosts, one (or --batch N) at a time; a host that fails is put back.
+
+    Each host fast-forwards its checkout, runs bootstrap.sh if pyproject.toml or bootstrap.sh changed,
+    restarts its server if one was running and checks /health and a one-token answer. A host that
+    fails returns to its previous commit (and server), and the hosts after it are not touched.
+    Without --hosts or --tag: the whole inventory, in its order."""
+    from tasks.core import config, git, remote
+    from tasks.core import deploy as rollout
+    from tasks.core.console import print_table
+
+    if batch < 1:
+        raise HomelabError(f"--batch {batch}: at least one host at a time", "pass --batch 1 or more")
+    settings = config.load(c.config)
+    targets = remote.select(settings, hosts, tag, everything=not (hosts or tag))
+    commit = git.commit_of(git.open_repo(settings.git.repo), rev or "HEAD")
+    plans = rollout.plan(c.config, settings, targets, commit)
+    refused = [p for p in plans if p.problem]
+    if dry_run or refused:
+        rows = [
+            (
+                p.target.name,
+                p.current[:7],
+                p.commit[:7],
+                "yes" if p.bootstrap else "no",
+                "restart" if p.server_running else "stopped",
+                p.problem or ("up to date" if p.up_to_date else "fast-forward"),
+            )
+            for p in plans
+        ]
+        columns = ["host", "from", "to", "bootstrap?", "server", "plan"]
+        print_table(f"fleet.deploy {commit[:7]}: plan", columns, rows)
+    if refused:
+        raise HomelabError(
+            f"{len(refused)} of {len(plans)} hosts cannot take {commit[:7]}: nothing was changed",
+            "see the plan above",
+        )
+    if dry_run:
+        return
+    results = rollout.roll_out(c.config, settings, plans, batch)
+    table = [
+        (
+            r.host,
+            r.current[:7],
+            r.commit[:7],
+            "yes" if r.bootstrap else "no",
+            r.server,
+            r.result,
+            f"{r.seconds:.1f}",
+            r.last_error,
+        )
+        for r in results
+    ]
+    columns = ["host", "from", "to", "bootstrap?", "server", "result", "seconds", "last error"]
+    print_table(f"fleet.deploy {commit[:7]}", columns, table)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise HomelabError(
+            f"the rollout stopped at {failed[0].host}: {failed[0].result}", "see the table above"
+        )

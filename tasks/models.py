@@ -186,15 +186,25 @@ def _show_plan(plan: Any) -> None:
     help={
         "name": "catalog name",
         "remote": "also ask the hub: commit, sizes and sha256 of the files (confirms the catalog)",
+        "json": "print where the downloaded files sit in the cache as one JSON line (models.copy reads it)",
     }
 )
-def info(c: Context, name: str, remote: bool = False) -> None:
+def info(c: Context, name: str, remote: bool = False, json: bool = False) -> None:
     """Show a catalog entry, its local files and paths; --remote adds the hub's metadata."""
     from tasks.core import hub
     from tasks.core.catalog import describe_size
     from tasks.core.store import local_files
 
     models, entry = _entry(c, name)
+    if json:
+        import dataclasses
+        import json as json_lines
+
+        from tasks.core.console import print_json
+        from tasks.core.store import cache_layout
+
+        print_json(json_lines.dumps(dataclasses.asdict(cache_layout(entry, models))))
+        return
     facts = entry.model_dump(exclude_none=True, exclude={"bundled", "sha256"})
     for key, value in facts.items():
         shown = ", ".join(value) if isinstance(value, list) else value
@@ -387,3 +397,58 @@ def convert(c: Context, name: str, output: str = "", force: bool = False) -> Non
         f"[green]converted[/] {gguf.name} -> {result.output} "
         f"({describe_size(result.size_bytes)}; {result.tensors} tensors, {result.layout})"
     )
+
+
+@task(
+    help={
+        "name": "catalog name of an installed model",
+        "to": "hosts to copy to, comma-separated: inventory names, ssh_config aliases or user@host:port",
+        "from_": "host to copy from (default: this machine); the bytes pass through here",
+        "json": JSON_HELP,
+    },
+    auto_shortflags=False,  # -f would read as invoke's own -f (config file)
+)
+def copy(c: Context, name: str, to: str = "", from_: str = "", json: bool = False) -> None:
+    """Copy an installed model's files to other hosts over SSH, instead of downloading it on each.
+
+    Into each host's huggingface_hub cache, so `models.ls` and the server there see it installed.
+    An interrupted copy continues from where it stopped; each file's sha256 is checked on arrival (a
+    bad copy is removed); a host that already has a file is skipped."""
+    from tasks.core import config, hub, remote, transfer
+    from tasks.core.catalog import describe_size, get_entry, load_catalog
+    from tasks.core.console import print_table
+    from tasks.core.errors import HomelabError
+
+    settings = config.load(c.config)
+    entry = get_entry(load_catalog(settings.models.catalog), name)
+    if entry.bundled is not None:
+        _say(
+            f"{name} is bundled: its Python package brings the file to every host that installs the project."
+        )
+        return
+    if not to:
+        raise HomelabError("no hosts to copy to", "name them: --to mac,gpu1")
+    destinations = remote.select(settings, hosts=to)
+    origin = remote.resolve(from_, settings) if from_ else None
+    with hub.progress_bar() as progress:
+        results = transfer.copy_entry(c.config, settings, entry, origin, destinations, progress)
+    rows = [
+        (
+            r.host,
+            r.file,
+            r.result,
+            describe_size(r.sent),
+            f"{r.seconds:.1f}",
+            f"{r.sent / r.seconds / 1e6:.1f}" if r.sent and r.seconds else "",
+            r.detail,
+        )
+        for r in results
+    ]
+    columns = ["host", "file", "result", "sent", "seconds", "MB/s", "detail"]
+    print_table(f"models.copy {name} from {from_ or 'this machine'}", columns, rows)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise HomelabError(
+            f"{name}: {len(failed)} of {len(results)} copies failed ({failed[0].host}: {failed[0].result})",
+            "see the table above; run the same command again to retry (a partial copy continues)",
+        )

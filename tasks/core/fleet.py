@@ -28,6 +28,7 @@ from tasks.core.errors import HomelabError
 from tasks.core.remote import Target
 
 FACTS_TASK = "remote.facts"
+S = TypeVar("S")
 T = TypeVar("T")
 
 
@@ -84,13 +85,13 @@ class PrefixedLines:
 
 
 def in_parallel(
-    targets: Sequence[Target], work: Callable[[Target], T], on_interrupt: Callable[[], None] = lambda: None
+    items: Sequence[S], work: Callable[[S], T], on_interrupt: Callable[[], None] = lambda: None
 ) -> list[T]:
-    """`work` on every target at once, results in the targets' order. On Ctrl-C, `on_interrupt` must
-    make the workers return (close their connections) before the interrupt goes on."""
-    pool = ThreadPoolExecutor(max_workers=max(1, len(targets)))
+    """`work` on every item (a host, or a host's plan) at once, results in the items' order. On Ctrl-C,
+    `on_interrupt` must make the workers return (close their connections) before the interrupt goes on."""
+    pool = ThreadPoolExecutor(max_workers=max(1, len(items)))
     try:
-        return list(pool.map(work, targets))
+        return list(pool.map(work, items))
     except KeyboardInterrupt:
         on_interrupt()
         raise
@@ -123,7 +124,7 @@ def run_task(
                 in_stream=False,
                 env=remote.terminal_env(reserved=width + 3),
             )
-            code, last = result.exited, _last_line(result.stderr) or _last_line(result.stdout)
+            code, last = result.exited, last_line(result.stderr) or last_line(result.stdout)
         except HomelabError as exc:
             code, last = exc.exit_code, exc.message
             err.write(f"error: {exc.message}\n")
@@ -140,7 +141,7 @@ def run_task(
     return in_parallel(targets, one, on_interrupt=hang_up)
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
@@ -164,14 +165,28 @@ def gather_facts(
             result = remote.execute(config, settings, target, command, hide=True, in_stream=False)
         except HomelabError as exc:
             return ProbeFailure(False, exc.message)
-        if result.exited:
-            return ProbeFailure(True, _last_line(result.stderr) or f"{FACTS_TASK} exited {result.exited}")
-        try:
-            return HostFacts(**json.loads(_last_line(result.stdout)))
-        except (ValueError, TypeError):
-            return ProbeFailure(True, f"no facts from {FACTS_TASK}: update the checkout (remote.sync)")
+        return facts_from(result)
 
     return in_parallel(targets, one)
+
+
+def facts_on(connection: Any, target: Target) -> HostFacts | ProbeFailure:
+    """One host's facts over an open connection (`inv remote.facts --json` in its checkout)."""
+    command = remote.invoke_command(target, FACTS_TASK, ["--json"])
+    try:
+        return facts_from(remote.run_on(connection, target, command, hide=True, in_stream=False))
+    except HomelabError as exc:
+        return ProbeFailure(False, exc.message)
+
+
+def facts_from(result: Any) -> HostFacts | ProbeFailure:
+    """The facts in the output of `inv remote.facts --json`, or why there are none."""
+    if result.exited:
+        return ProbeFailure(True, last_line(result.stderr) or f"{FACTS_TASK} exited {result.exited}")
+    try:
+        return HostFacts(**json.loads(last_line(result.stdout)))
+    except (ValueError, TypeError):
+        return ProbeFailure(True, f"no facts from {FACTS_TASK}: update the checkout (remote.sync)")
 
 
 def local_facts(settings: Settings) -> HostFacts:

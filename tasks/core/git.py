@@ -128,6 +128,14 @@ def open_repo(path: Path) -> Path:
     return Path(_git(path, "rev-parse", "--show-toplevel").strip())
 
 
+def commit_of(repo: Path, rev: str) -> str:
+    """The full commit id that `rev` (a branch, tag or short id) names in `repo`."""
+    found = _run(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
+    if found.returncode != 0:
+        raise HomelabError(f"'{rev}' names no commit in {repo}", f"see git -C {repo} log --oneline")
+    return found.stdout.strip()
+
+
 # --- state ------------------------------------------------------------------------------------------
 
 

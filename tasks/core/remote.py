@@ -180,10 +180,49 @@ def bootstrap_command(target: Target, url: str, install: bool) -> str:
         f"if [ -d {checkout}/.git ]; then git -C {checkout} pull --ff-only; "
         f"else git clone -- {shlex.quote(url)} {checkout}; fi"
     )
-    return f"{fetch} && cd {checkout} && bash bootstrap.sh" if install else fetch
+    return f"{fetch} && {install_command(target)}" if install else fetch
+
+
+def install_command(target: Target) -> str:
+    """Run the checkout's bootstrap.sh: its virtualenv and packages, as that revision lists them."""
+    return f"cd {shell_path(target.checkout)} && bash bootstrap.sh"
 
 
 def sync_command(target: Target) -> str:
     """Fast-forward the host's checkout to its upstream, so catalog.yaml and invoke.yaml match."""
     checkout = shell_path(target.checkout)
     return f"git -C {checkout} pull --ff-only && git -C {checkout} log -1 --format='now at %h %s'"
+
+
+# What fleet.deploy reads from a checkout before it moves it: one `key value` line each.
+INSTALL_FILES = ("pyproject.toml", "bootstrap.sh")  # a change to either means running bootstrap.sh
+
+
+def checkout_probe_command(target: Target, commit: str) -> str:
+    """Fetch, then say the checkout's HEAD, whether it has uncommitted changes, whether `commit` is
+    there and a fast-forward from HEAD, and which of INSTALL_FILES it changes."""
+    git = f"git -C {shell_path(target.checkout)}"
+    rev = shlex.quote(commit)
+    files = " ".join(INSTALL_FILES)
+    return (
+        f"{git} fetch -q && echo head $({git} rev-parse HEAD)"
+        f" && echo dirty $({git} status --porcelain --untracked-files=no | wc -l)"
+        f" && if {git} cat-file -e {rev}^{{commit}} 2>/dev/null; then echo known 1;"
+        f" echo ahead $({git} merge-base --is-ancestor HEAD {rev} && echo 1 || echo 0);"
+        f" echo changed $({git} diff --name-only HEAD {rev} -- {files}); else echo known 0; fi"
+    )
+
+
+def move_checkout_command(target: Target, commit: str, forward: bool) -> str:
+    """Fast-forward the checkout to `commit` (forward), or put its branch back on `commit` (a rollback;
+    `reset --keep` refuses rather than lose a change made meanwhile)."""
+    git = f"git -C {shell_path(target.checkout)}"
+    move = "merge --ff-only -q" if forward else "reset --keep -q"
+    return f"{git} {move} {shlex.quote(commit)} && {git} log -1 --format='now at %h %s'"
+
+
+def sha256_command(target: Target, path: str) -> str:
+    """The sha256 of a file on the host, by the checkout's own interpreter (no sha256sum on a Mac)."""
+    code = "import hashlib,sys;print(hashlib.file_digest(open(sys.argv[1],'rb'),'sha256').hexdigest())"
+    python = shell_path(target.python)
+    return f"cd {shell_path(target.checkout)} && {python} -c {shlex.quote(code)} {shlex.quote(path)}"

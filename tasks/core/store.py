@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -311,3 +312,46 @@ def install_state(entry: CatalogEntry, models: ModelsSettings) -> str:
 def default_files(entry: CatalogEntry) -> list[str]:
     """What `download NAME` fetches: a GGUF entry's first quant, or every file of other formats."""
     return entry.files[:1] if entry.format == "gguf" else list(entry.files)
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """Where one of an entry's downloaded files sits in the cache: what models.copy reads and writes."""
+
+    name: str
+    state: State
+    size: int  # bytes on disk (a partial file's so far)
+    blob: str  # its name under blobs/ (for a partial, without .incomplete)
+    commit: str  # the snapshot it is linked from (complete files only)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """An entry's folder in this host's cache, the ref its revision goes by, and its downloaded files."""
+
+    repo_dir: str
+    revision: str
+    files: list[CachedFile]
+
+
+def cache_layout(entry: CatalogEntry, models: ModelsSettings) -> CacheLayout:
+    """The downloaded files of an entry (bundled ones are left out: they come with the package)."""
+    storage = repo_dir(models.cache_dir, entry.repo)
+    found = []
+    for local in local_files(entry, models):
+        if local.source != "downloaded" or local.path is None:
+            continue
+        if local.state == "partial":
+            blob = local.path.name.removesuffix(".incomplete")
+            found.append(CachedFile(local.name, "partial", local.size, blob, ""))
+            continue
+        target = local.path.resolve()
+        blob = target.name if target.parent.name == "blobs" else ""
+        commit = local.path.relative_to(storage / "snapshots").parts[0]
+        found.append(CachedFile(local.name, "complete", local.size, blob, commit))
+    return CacheLayout(str(storage.absolute()), entry.revision or "main", found)
+
+
+def cache_layout_from_json(text: str) -> CacheLayout:
+    raw = json.loads(text)
+    return CacheLayout(raw["repo_dir"], raw["revision"], [CachedFile(**f) for f in raw["files"]])
