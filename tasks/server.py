@@ -8,7 +8,7 @@ from typing import Any
 
 from invoke import Context
 
-from tasks._task import JSON_HELP, task
+from tasks._task import JSON_HELP, SAMPLING_HELP, task
 
 _SERVE_HELP = {
     "model": "catalog name to serve (default: server.model)",
@@ -254,26 +254,15 @@ def health(c: Context) -> None:
     say(f"ok: {answer.body['model']} on {answer.body['engine']} at {url}", markup=False)
 
 
-@task(
-    help={
-        "prompt": "what to ask",
-        "max_tokens": "cap on the answer's length (default: server.chat_max_tokens; 0 there = no cap)",
-        "temperature": "sampling temperature, 0 = greedy (default: server.chat_temperature)",
-    }
-)
+@task(help={"prompt": "what to ask", **SAMPLING_HELP})
 def chat(c: Context, prompt: str, max_tokens: int = 0, temperature: float = -1.0) -> None:
     """Ask the running server one question and stream the answer."""
     from tasks.core import server as core
     from tasks.core.console import say
 
     configured, endpoint = _endpoint(c)
-    core.chat(
-        endpoint,
-        prompt,
-        max_tokens or configured.chat_max_tokens,
-        configured.chat_temperature if temperature < 0 else temperature,
-        on_text=lambda text: say(text, markup=False, end=""),
-    )
+    tokens, temperature = configured.sampling(max_tokens, temperature)
+    core.chat(endpoint, prompt, tokens, temperature, on_text=lambda text: say(text, markup=False, end=""))
     say("")
 
 
