@@ -44,9 +44,18 @@ def _serve_flags(
     signature (what invoke parses and `--help` shows) and the task body takes them as **flags."""
 
 
-def _serving(body: Callable[..., None]) -> Any:
-    body.__signature__ = inspect.signature(_serve_flags)  # type: ignore[attr-defined]
-    return task(help=_SERVE_HELP, iterable=["alias"])(body)
+def _serving(body: Callable[..., None] | None = None, **own_help: str) -> Any:
+    """`@_serving`, or `@_serving(flag="help")` for a task that adds flags of its own: declared in its
+    body's signature before **flags, with defaults, they follow the shared ones."""
+
+    def decorate(body: Callable[..., None]) -> Any:
+        shared = list(inspect.signature(_serve_flags).parameters.values())
+        own = [p for p in inspect.signature(body).parameters.values() if p.name in own_help]
+        signature = inspect.signature(_serve_flags).replace(parameters=[*shared, *own])
+        body.__signature__ = signature  # type: ignore[attr-defined]
+        return task(help={**_SERVE_HELP, **own_help}, iterable=["alias"])(body)
+
+    return decorate(body) if body is not None else decorate
 
 
 def _state(c: Context) -> tuple[Any, Any]:
@@ -223,12 +232,24 @@ def logs(c: Context, follow: bool = False, lines: int = 0) -> None:
         say(line, markup=False)
 
 
-@_serving
-def run(c: Context, **flags: Any) -> None:
-    """Run the server in the foreground (Ctrl-C stops it); logs go to the terminal."""
-    from inference_server.__main__ import serve
+@_serving(reload="restart it when a .py file under inference_server/ changes (for developing it)")
+def run(c: Context, reload: bool = False, **flags: Any) -> None:
+    """Run the server in the foreground (Ctrl-C stops it); logs go to the terminal.
 
-    serve(_served(_state(c)[0], flags))
+    With --reload each change restarts it in a fresh process and says what the restart cost."""
+    settings, files = _state(c)
+    served = _served(settings, flags)
+    if not reload:
+        from inference_server.__main__ import serve
+
+        serve(served)
+        return
+    from tasks.core import server as core
+    from tasks.core.console import say
+
+    core.run_reloading(
+        served, files, settings.server.start_timeout_s, on_event=lambda line: say(line, markup=False)
+    )
 
 
 def _endpoint(c: Context) -> Any:

@@ -496,3 +496,53 @@ def _port_free(host: str, port: int) -> bool:
 def _signal(running: Running, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(running.pid, signum)
+
+
+def run_reloading(
+    served: ServerSettings, files: StateFiles, timeout_s: float, on_event: Callable[[str], None]
+) -> None:
+    """The server in the foreground, restarted whenever a .py file under inference_server/ changes,
+    until Ctrl-C; `on_event` hears each restart and what it cost (change seen → /health 200).
+
+    Each run is a fresh `python -m inference_server` (the engine's one worker thread and the code
+    being edited cannot outlive a reload in one process). What stays out of the loop: the settings,
+    worked out once here (catalog, bundled files, memory check) and handed over as a file, and the
+    model's pages, which a restart maps again from the page cache rather than from disk."""
+    import watchfiles
+
+    settings_file = files.folder / "run.json"  # not server.json: that one says a server.start runs
+    write_atomically(settings_file, served.model_dump_json(indent=2), mode=PRIVATE)
+    command = [sys.executable, "-m", "inference_server", "--settings", str(settings_file)]
+    watched = PROJECT_ROOT / "inference_server"
+    url = client_url(served)
+
+    def healthy(process: subprocess.Popen[bytes], began: float, done: str) -> None:
+        problem = _wait_healthy(url, process, timeout_s)
+        took = f"{done} in {time.monotonic() - began:.1f} s at {url} (pid {process.pid})"
+        on_event(f"not serving: {problem} (fix the code: the next change restarts it)" if problem else took)
+
+    began = time.monotonic()
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT)
+    try:
+        healthy(process, began, "ready")
+        for changes in watchfiles.watch(watched, watch_filter=watchfiles.PythonFilter()):
+            began = time.monotonic()
+            changed = sorted({os.path.relpath(path, PROJECT_ROOT) for _, path in changes})
+            on_event(f"reloading: {', '.join(changed)} changed")
+            _end(process, served.stop_grace_s)
+            process = subprocess.Popen(command, cwd=PROJECT_ROOT)
+            healthy(process, began, "reloaded")
+    finally:
+        _end(process, served.stop_grace_s)
+        settings_file.unlink(missing_ok=True)
+
+
+def _end(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM (requests in flight get the grace), then SIGKILL; waits until it is gone."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(grace_s + SHUTDOWN_MARGIN_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
