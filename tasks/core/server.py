@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from inference_server.engines import factory, memory
 from inference_server.engines.base import EngineError
 from inference_server.settings import Alias, ModelFormat, ModelSpec, ServerSettings
-from tasks.core import catalog, convert, server_state, store
+from tasks.core import catalog, convert, server_state, service, store
 from tasks.core.config import PROJECT_ROOT, ModelsSettings, ServerConfig, Settings
 from tasks.core.errors import HomelabError
 from tasks.core.files import PRIVATE, write_atomically
@@ -44,6 +44,7 @@ class Status:
     model: str
     engine: str
     health: str
+    manager: str = "server.start"  # or the service manager that runs it: systemd, launchd
 
 
 def served_settings(
@@ -60,7 +61,7 @@ def served_settings(
     context, capped by the model's own), the aliases, the key and the memory budget are worked out
     here. `models` ("a,b") and `alias` ("PATTERN[=MODEL]", repeatable) replace the configured lists.
     `manage_command` is how the server runs this checkout's tasks (default: its own `inv`)."""
-    given = {k: v for k, v in flags.items() if _given(k, v)}
+    given = {k: v for k, v in flags.items() if flag_given(k, v)}
     try:  # validated again, so a flag is held to its setting's rules (a keep_alive of "5m", say)
         config = ServerConfig.model_validate({**settings.server.model_dump(), **given})
     except ValidationError as exc:
@@ -166,7 +167,7 @@ def _aliases(config: ServerConfig, flags: list[str] | None, served: list[str]) -
 _ZERO_IS_A_VALUE = frozenset({"queue_size", "swap_grace_s"})
 
 
-def _given(name: str, value: Any) -> bool:
+def flag_given(name: str, value: Any) -> bool:
     """Whether a task flag was set: typed defaults (0, "", None) mean "from invoke.yaml"."""
     if name in _ZERO_IS_A_VALUE:
         return isinstance(value, int | float) and value >= 0
@@ -285,6 +286,37 @@ def status(files: StateFiles) -> Status | Stale | None:
         engine=str(answer.body.get("engine", found.engine)),
         health="ok" if answer.ok else answer.detail,
     )
+
+
+def managed_status(files: StateFiles, kind: service.Manager, pid: int) -> Status:
+    """The server a service manager runs as `pid`, from the settings install-service wrote."""
+    import psutil
+
+    endpoint, engine = server_state.served_endpoint(service.settings_file(files))
+    answer = server_state.health(endpoint.url)
+    return Status(
+        pid=pid,
+        started=psutil.Process(pid).create_time(),
+        url=endpoint.url,
+        model=endpoint.model,
+        engine=str(answer.body.get("engine", engine)),
+        health="ok" if answer.ok else answer.detail,
+        manager=kind,
+    )
+
+
+def start_managed(files: StateFiles, kind: service.Manager, timeout_s: float) -> Status:
+    """Start the installed service through its manager and wait until it answers."""
+    service.start(kind)
+    url = server_state.served_endpoint(service.settings_file(files))[0].url
+    problem = _wait_healthy(url, None, timeout_s)
+    pid = service.main_pid(kind)
+    if problem or not pid:
+        raise HomelabError(
+            f"{problem or 'the service is not running'}; the server log ends with:\n{tail(files.log, 15)}",
+            f"full log: {files.log}",
+        )
+    return managed_status(files, kind, pid)
 
 
 def chat(
@@ -467,11 +499,11 @@ def _error_message(text: str) -> str:
         return text[:200]
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> str:
-    """'' once /health answers 200, else why not."""
+def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None, timeout_s: float) -> str:
+    """'' once /health answers 200, else why not (`process`: ours to watch, None under a manager)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             return f"the server exited with code {process.returncode}"
         answer = server_state.health(url)
         if answer.ok:
