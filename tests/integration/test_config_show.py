@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.sshd import Lab, cli
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # `inv` itself, except that invoke's system-wide prefix (/etc/) points into the test's folder: this is
@@ -105,3 +107,12 @@ def test_an_unknown_setting_is_one_line_naming_the_fix(tmp_path: Path) -> None:
         "error: no setting 'server.prot' — see `inv config.show` for every SECTION.KEY"
         " (models, server, hosts, remote, git, test, doctor)"
     ]
+
+
+def test_through_fab_a_host_shows_its_own_settings(ssh_lab: Lab, tmp_path: Path) -> None:
+    lab = ssh_lab.write_config(tmp_path / "lab.yaml")
+
+    found = rows(cli("fab", lab, "-H", "b", "config.show", "--key", "server", "--json"))
+
+    assert found["server.port"]["source"] == "INVOKE_SERVER_PORT"  # b's sshd sets it for its sessions
+    assert found["server.engine"]["source"] == f"{ssh_lab.hosts['b'].checkout}/invoke.yaml (project default)"
