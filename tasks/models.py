@@ -411,7 +411,9 @@ def run(
     from tasks.core.console import print_table, say
 
     settings = config.load(c.config)
-    served = core.served_settings(settings, model=name, models=name, host="127.0.0.1", slots=1)
+    alone = settings.server.model_copy(update={"pinned": [], "model_aliases": {}})  # a server's, not a run's
+    one = settings.model_copy(update={"server": alone})
+    served = core.served_settings(one, model=name, models=name, host="127.0.0.1", slots=1)
     tokens, temperature = settings.server.sampling(max_tokens, temperature)
     streamed = (lambda text: None) if json else (lambda text: say(text, markup=False, end=""))
     answer = oneshot.run(served, prompt, tokens, temperature, on_text=streamed)

@@ -36,3 +36,13 @@ def test_a_model_that_is_not_in_the_catalog_is_one_line() -> None:
 
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1 and "no-such-model" in done.stderr
+
+
+def test_the_servers_pins_and_aliases_do_not_stop_a_run(tmp_path: Path) -> None:
+    overlay = tmp_path / "server.yaml"
+    overlay.write_text('server: {pinned: [gemma3], model_aliases: {"claude-haiku-*": gemma3}}\n')
+
+    done = inv("-f", str(overlay), "models.run", "smollm2", "Hi", *GREEDY, "--json")
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"][0]["model"] == "smollm2"
