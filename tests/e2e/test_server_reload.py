@@ -74,7 +74,7 @@ def reloading(checkout: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen
             process.wait()
 
 
-def test_a_changed_server_file_restarts_the_server_and_ctrl_c_stops_both(
+def test_a_changed_server_file_restarts_the_server_a_broken_one_waits_and_ctrl_c_stops_both(
     reloading: tuple[subprocess.Popen[str], Lines, str], checkout: Path
 ) -> None:
     process, lines, url = reloading
@@ -87,6 +87,14 @@ def test_a_changed_server_file_restarts_the_server_and_ctrl_c_stops_both(
     second = int(lines.wait_for(r"reloaded in [\d.]+ s at \S+ \(pid (\d+)\)")[1])
 
     assert second != first and not alive(first)
+    assert server_state.health(url).ok
+
+    changed.write_text(changed.read_text() + "\nthis is not python\n")
+    lines.wait_for(
+        r"not serving: the server exited with code 1 \(fix the code: the next change restarts it\)"
+    )
+    changed.write_text(changed.read_text().replace("\nthis is not python\n", "\n"))
+    second = int(lines.wait_for(r"reloaded in [\d.]+ s at \S+ \(pid (\d+)\)")[1])
     assert server_state.health(url).ok
     process.send_signal(signal.SIGINT)  # what Ctrl-C sends the task
     assert process.wait(WAIT_S) == 130
