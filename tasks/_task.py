@@ -38,6 +38,10 @@ def one_line_errors() -> Iterator[None]:
 
 
 JSON_HELP = "print each table as one line of JSON (messages go to stderr)"
+SAMPLING_HELP = {  # server.chat and models.run: the same flags, resolved by ServerConfig.sampling
+    "max_tokens": "cap on the answer's length (default: server.chat_max_tokens; 0 there = no cap)",
+    "temperature": "sampling temperature, 0 = greedy (default: server.chat_temperature)",
+}
 
 
 def _guarded(body: Callable[..., Any]) -> Callable[..., Any]:

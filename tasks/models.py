@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
-from tasks._task import JSON_HELP, task
+from tasks._task import JSON_HELP, SAMPLING_HELP, task
 
 if TYPE_CHECKING:
     from tasks.core.catalog import CatalogEntry
@@ -452,3 +452,43 @@ def copy(c: Context, name: str, to: str = "", from_: str = "", json: bool = Fals
             f"{name}: {len(failed)} of {len(results)} copies failed ({failed[0].host}: {failed[0].result})",
             "see the table above; run the same command again to retry (a partial copy continues)",
         )
+
+
+@task(
+    help={
+        "name": "catalog name (installed or bundled)",
+        "prompt": "what to ask",
+        **SAMPLING_HELP,
+        "json": JSON_HELP,
+    }
+)
+def run(
+    c: Context, name: str, prompt: str, max_tokens: int = 0, temperature: float = -1.0, json: bool = False
+) -> None:
+    """Ask a model one question in this process, no server: stream the answer, then tokens/s.
+
+    The model loads with the server's engine settings (server.engine, context_size, threads);
+    `--json` prints the answer and its numbers as one line instead of streaming."""
+    from dataclasses import asdict
+
+    from tasks.core import config, oneshot
+    from tasks.core import server as core
+    from tasks.core.console import print_table, say
+
+    settings = config.load(c.config)
+    alone = settings.server.model_copy(update={"pinned": [], "model_aliases": {}})  # a server's, not a run's
+    one = settings.model_copy(update={"server": alone})
+    served = core.served_settings(one, model=name, models=name, host="127.0.0.1", slots=1)
+    tokens, temperature = settings.server.sampling(max_tokens, temperature)
+    streamed = (lambda text: None) if json else (lambda text: say(text, markup=False, end=""))
+    answer = oneshot.run(served, prompt, tokens, temperature, on_text=streamed)
+    if json:
+        row = asdict(answer)
+        print_table("Answer", list(row), [list(row.values())])
+        return
+    say("")
+    say(
+        f"[dim]{answer.completion_tokens} tokens at {answer.tokens_per_s:.1f} tokens/s"
+        f" (load {answer.load_s:.1f} s, first token {answer.first_token_s:.2f} s,"
+        f" finish: {answer.finish_reason})[/]"
+    )

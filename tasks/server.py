@@ -8,7 +8,8 @@ from typing import Any
 
 from invoke import Context
 
-from tasks._task import JSON_HELP, task
+from tasks._task import JSON_HELP, SAMPLING_HELP, task
+from tasks.core.errors import HomelabError
 
 _SERVE_HELP = {
     "model": "catalog name to serve (default: server.model)",
@@ -44,9 +45,18 @@ def _serve_flags(
     signature (what invoke parses and `--help` shows) and the task body takes them as **flags."""
 
 
-def _serving(body: Callable[..., None]) -> Any:
-    body.__signature__ = inspect.signature(_serve_flags)  # type: ignore[attr-defined]
-    return task(help=_SERVE_HELP, iterable=["alias"])(body)
+def _serving(body: Callable[..., None] | None = None, **own_help: str) -> Any:
+    """`@_serving`, or `@_serving(flag="help")` for a task that adds flags of its own: declared in its
+    body's signature before **flags, with defaults, they follow the shared ones."""
+
+    def decorate(body: Callable[..., None]) -> Any:
+        shared = list(inspect.signature(_serve_flags).parameters.values())
+        own = [p for p in inspect.signature(body).parameters.values() if p.name in own_help]
+        signature = inspect.signature(_serve_flags).replace(parameters=[*shared, *own])
+        body.__signature__ = signature  # type: ignore[attr-defined]
+        return task(help={**_SERVE_HELP, **own_help}, iterable=["alias"])(body)
+
+    return decorate(body) if body is not None else decorate
 
 
 def _state(c: Context) -> tuple[Any, Any]:
@@ -66,14 +76,18 @@ def _served(settings: Any, flags: dict[str, Any]) -> Any:
 
 @_serving
 def start(c: Context, **flags: Any) -> None:
-    """Start the server in the background and wait until it answers."""
+    """Start the server in the background and wait until it answers.
+
+    With the service installed (server.install-service), systemd or launchd starts it."""
     settings, files = _state(c)
-    _start(settings, files, _served(settings, flags))
+    _start(settings, files, flags)
 
 
 @task
 def stop(c: Context) -> None:
-    """Stop the server: SIGTERM, in-flight requests finish within server.stop_grace_s, then SIGKILL."""
+    """Stop the server: SIGTERM, in-flight requests finish within server.stop_grace_s, then SIGKILL.
+
+    With the service installed, through systemd or launchd (which then leaves it stopped)."""
     settings, files = _state(c)
     _stop(settings, files)
 
@@ -84,25 +98,57 @@ def restart(c: Context, **flags: Any) -> None:
 
     The new settings are checked first, so a bad flag leaves the running server alone."""
     settings, files = _state(c)
-    served = _served(settings, flags)
+    if _managed(flags) is None:
+        _served(settings, flags)
     _stop(settings, files)
-    _start(settings, files, served)
+    _start(settings, files, flags)
 
 
-def _start(settings: Any, files: Any, served: Any) -> None:
+def _managed(flags: dict[str, Any]) -> Any:
+    """The service manager that runs the server here, if install-service was run; flags then refused
+    (the service serves what was installed)."""
+    from tasks.core import server as core
+    from tasks.core import service
+
+    kind = service.installed()
+    given = sorted(k for k, v in flags.items() if core.flag_given(k, v))
+    if kind and given:
+        raise HomelabError(
+            f"the server runs under {kind} with its installed settings: --{given[0]} cannot apply",
+            "change invoke.yaml (or pass the flags) and run inv server.install-service again",
+        )
+    return kind
+
+
+def _start(settings: Any, files: Any, flags: dict[str, Any]) -> None:
     from tasks.core import server as core
     from tasks.core.console import console, say
 
-    with console().status(f"Loading {served.default_model}…"):
-        running = core.start(served, files, settings.server.start_timeout_s)
-    say(f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid})")
+    kind = _managed(flags)
+    timeout_s = settings.server.start_timeout_s
+    if kind:
+        with console().status(f"Starting the {kind} service…"):
+            running = core.start_managed(files, kind, timeout_s)
+    else:
+        served = _served(settings, flags)
+        with console().status(f"Loading {served.default_model}…"):
+            running = core.start(served, files, timeout_s)
+    by = f", {kind}" if kind else ""
+    say(f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid}{by})")
 
 
 def _stop(settings: Any, files: Any) -> None:
     from tasks.core import server as core
+    from tasks.core import service
     from tasks.core.console import say
     from tasks.core.server_state import Running, Stale
 
+    kind = service.installed()
+    if kind:
+        pid = service.main_pid(kind)
+        service.stop(kind)
+        say(f"stopped (pid {pid}, {kind})" if pid else f"not running ({kind} service stopped)")
+        return
     found = core.stop(files, settings.server.stop_grace_s)
     if isinstance(found, Running):
         say(f"stopped (pid {found.pid})")
@@ -116,16 +162,56 @@ def _stale(found: Any) -> str:
     return f"not running (stale pidfile removed: pid {found.pid} is not the server it recorded)"
 
 
+@_serving
+def install_service(c: Context, **flags: Any) -> None:
+    """Run the server as a user service that starts at boot and again after a crash (systemd or launchd).
+
+    Its settings are invoke.yaml's (and these flags), written now to server.state_dir/service.json
+    (mode 600: the API key stays off every command line); its log is server.logs'. Install again after
+    changing invoke.yaml. server.start/stop/status then go through the service manager."""
+    from tasks.core import server_state, service
+    from tasks.core.console import say
+    from tasks.core.server_state import Running
+
+    settings, files = _state(c)
+    served = _served(settings, flags)
+    if isinstance(server_state.look(files), Running):
+        raise HomelabError("a server started by server.start runs here", "stop it first: inv server.stop")
+    done = service.install(served, files)
+    say(f"installed {done.path} ({done.manager}): {served.default_model} at {served.url}", markup=False)
+    if done.advice:
+        say(done.advice, markup=False)
+
+
+@task
+def uninstall_service(c: Context) -> None:
+    """Stop the user service and remove it (the server no longer starts at boot)."""
+    from tasks.core import service
+    from tasks.core.console import say
+
+    removed = service.uninstall(_state(c)[1])
+    say(f"removed {removed}" if removed else "no service installed here", markup=False)
+
+
 @task(help={"json": JSON_HELP})
 def status(c: Context, json: bool = False) -> None:
     """Show the running server: pid, uptime, model, engine, URL, health."""
     import time
 
     from tasks.core import server as core
+    from tasks.core import service
     from tasks.core.console import print_table, say
     from tasks.core.server_state import Stale
 
-    found = core.status(_state(c)[1])
+    files = _state(c)[1]
+    found = core.status(files)
+    kind = service.installed()
+    if found is None and kind:
+        pid = service.main_pid(kind)
+        if not pid:
+            say(f"not running (the {kind} service is installed: inv server.start starts it)")
+            return
+        found = core.managed_status(files, kind, pid)
     if isinstance(found, Stale):
         say(_stale(found))
         return
@@ -133,8 +219,9 @@ def status(c: Context, json: bool = False) -> None:
         say("no server running (start one: inv server.start)")
         return
     uptime = time.strftime("%H:%M:%S", time.gmtime(time.time() - found.started))
-    rows = [(found.pid, uptime, found.model, found.engine, found.url, found.health)]
-    print_table("Inference server", ["pid", "uptime", "model", "engine", "url", "health"], rows)
+    rows = [(found.pid, uptime, found.model, found.engine, found.url, found.health, found.manager)]
+    columns = ["pid", "uptime", "model", "engine", "url", "health", "run by"]
+    print_table("Inference server", columns, rows)
 
 
 @task(help={"all": "also list the models that are not loaded", "json": JSON_HELP})
@@ -223,12 +310,24 @@ def logs(c: Context, follow: bool = False, lines: int = 0) -> None:
         say(line, markup=False)
 
 
-@_serving
-def run(c: Context, **flags: Any) -> None:
-    """Run the server in the foreground (Ctrl-C stops it); logs go to the terminal."""
-    from inference_server.__main__ import serve
+@_serving(reload="restart it when a .py file under inference_server/ changes (for developing it)")
+def run(c: Context, reload: bool = False, **flags: Any) -> None:
+    """Run the server in the foreground (Ctrl-C stops it); logs go to the terminal.
 
-    serve(_served(_state(c)[0], flags))
+    With --reload each change restarts it in a fresh process and says what the restart cost."""
+    settings, files = _state(c)
+    served = _served(settings, flags)
+    if not reload:
+        from inference_server.__main__ import serve
+
+        serve(served)
+        return
+    from tasks.core import server as core
+    from tasks.core.console import say
+
+    core.run_reloading(
+        served, files, settings.server.start_timeout_s, on_event=lambda line: say(line, markup=False)
+    )
 
 
 def _endpoint(c: Context) -> Any:
@@ -244,7 +343,6 @@ def health(c: Context) -> None:
     """Ask the server's /health; exits non-zero unless it is healthy."""
     from tasks.core import server_state
     from tasks.core.console import say
-    from tasks.core.errors import HomelabError
 
     url = _endpoint(c)[1].url
     answer = server_state.health(url)
@@ -254,26 +352,15 @@ def health(c: Context) -> None:
     say(f"ok: {answer.body['model']} on {answer.body['engine']} at {url}", markup=False)
 
 
-@task(
-    help={
-        "prompt": "what to ask",
-        "max_tokens": "cap on the answer's length (default: server.chat_max_tokens; 0 there = no cap)",
-        "temperature": "sampling temperature, 0 = greedy (default: server.chat_temperature)",
-    }
-)
+@task(help={"prompt": "what to ask", **SAMPLING_HELP})
 def chat(c: Context, prompt: str, max_tokens: int = 0, temperature: float = -1.0) -> None:
     """Ask the running server one question and stream the answer."""
     from tasks.core import server as core
     from tasks.core.console import say
 
     configured, endpoint = _endpoint(c)
-    core.chat(
-        endpoint,
-        prompt,
-        max_tokens or configured.chat_max_tokens,
-        configured.chat_temperature if temperature < 0 else temperature,
-        on_text=lambda text: say(text, markup=False, end=""),
-    )
+    tokens, temperature = configured.sampling(max_tokens, temperature)
+    core.chat(endpoint, prompt, tokens, temperature, on_text=lambda text: say(text, markup=False, end=""))
     say("")
 
 

@@ -73,6 +73,12 @@ class ServerConfig(Section):
     chat_max_tokens: int = Field(ge=0)
 
     _paths = field_validator("state_dir", mode="before")(lambda v: expand_path(str(v)))
+
+    def sampling(self, max_tokens: int = 0, temperature: float = -1.0) -> tuple[int, float]:
+        """server.chat's and models.run's max_tokens and temperature: a flag given (max_tokens > 0,
+        temperature >= 0) beats chat_max_tokens / chat_temperature."""
+        return max_tokens or self.chat_max_tokens, self.chat_temperature if temperature < 0 else temperature
+
     _keep_alive = field_validator("keep_alive", mode="before")(durations.seconds)
     _key_file = field_validator("api_key_file", mode="before")(
         lambda v: str(expand_path(str(v))) if v else ""

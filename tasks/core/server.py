@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from inference_server.engines import factory, memory
 from inference_server.engines.base import EngineError
 from inference_server.settings import Alias, ModelFormat, ModelSpec, ServerSettings
-from tasks.core import catalog, convert, server_state, store
+from tasks.core import catalog, convert, server_state, service, store
 from tasks.core.config import PROJECT_ROOT, ModelsSettings, ServerConfig, Settings
 from tasks.core.errors import HomelabError
 from tasks.core.files import PRIVATE, write_atomically
@@ -44,6 +44,7 @@ class Status:
     model: str
     engine: str
     health: str
+    manager: str = "server.start"  # or the service manager that runs it: systemd, launchd
 
 
 def served_settings(
@@ -60,7 +61,7 @@ def served_settings(
     context, capped by the model's own), the aliases, the key and the memory budget are worked out
     here. `models` ("a,b") and `alias` ("PATTERN[=MODEL]", repeatable) replace the configured lists.
     `manage_command` is how the server runs this checkout's tasks (default: its own `inv`)."""
-    given = {k: v for k, v in flags.items() if _given(k, v)}
+    given = {k: v for k, v in flags.items() if flag_given(k, v)}
     try:  # validated again, so a flag is held to its setting's rules (a keep_alive of "5m", say)
         config = ServerConfig.model_validate({**settings.server.model_dump(), **given})
     except ValidationError as exc:
@@ -166,7 +167,7 @@ def _aliases(config: ServerConfig, flags: list[str] | None, served: list[str]) -
 _ZERO_IS_A_VALUE = frozenset({"queue_size", "swap_grace_s"})
 
 
-def _given(name: str, value: Any) -> bool:
+def flag_given(name: str, value: Any) -> bool:
     """Whether a task flag was set: typed defaults (0, "", None) mean "from invoke.yaml"."""
     if name in _ZERO_IS_A_VALUE:
         return isinstance(value, int | float) and value >= 0
@@ -285,6 +286,37 @@ def status(files: StateFiles) -> Status | Stale | None:
         engine=str(answer.body.get("engine", found.engine)),
         health="ok" if answer.ok else answer.detail,
     )
+
+
+def managed_status(files: StateFiles, kind: service.Manager, pid: int) -> Status:
+    """The server a service manager runs as `pid`, from the settings install-service wrote."""
+    import psutil
+
+    endpoint, engine = server_state.served_endpoint(service.settings_file(files))
+    answer = server_state.health(endpoint.url)
+    return Status(
+        pid=pid,
+        started=psutil.Process(pid).create_time(),
+        url=endpoint.url,
+        model=endpoint.model,
+        engine=str(answer.body.get("engine", engine)),
+        health="ok" if answer.ok else answer.detail,
+        manager=kind,
+    )
+
+
+def start_managed(files: StateFiles, kind: service.Manager, timeout_s: float) -> Status:
+    """Start the installed service through its manager and wait until it answers."""
+    service.start(kind)
+    url = server_state.served_endpoint(service.settings_file(files))[0].url
+    problem = _wait_healthy(url, None, timeout_s)
+    pid = service.main_pid(kind)
+    if problem or not pid:
+        raise HomelabError(
+            f"{problem or 'the service is not running'}; the server log ends with:\n{tail(files.log, 15)}",
+            f"full log: {files.log}",
+        )
+    return managed_status(files, kind, pid)
 
 
 def chat(
@@ -467,11 +499,11 @@ def _error_message(text: str) -> str:
         return text[:200]
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> str:
-    """'' once /health answers 200, else why not."""
+def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None, timeout_s: float) -> str:
+    """'' once /health answers 200, else why not (`process`: ours to watch, None under a manager)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             return f"the server exited with code {process.returncode}"
         answer = server_state.health(url)
         if answer.ok:
@@ -496,3 +528,53 @@ def _port_free(host: str, port: int) -> bool:
 def _signal(running: Running, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(running.pid, signum)
+
+
+def run_reloading(
+    served: ServerSettings, files: StateFiles, timeout_s: float, on_event: Callable[[str], None]
+) -> None:
+    """The server in the foreground, restarted whenever a .py file under inference_server/ changes,
+    until Ctrl-C; `on_event` hears each restart and what it cost (change seen → /health 200).
+
+    Each run is a fresh `python -m inference_server` (the engine's one worker thread and the code
+    being edited cannot outlive a reload in one process). What stays out of the loop: the settings,
+    worked out once here (catalog, bundled files, memory check) and handed over as a file, and the
+    model's pages, which a restart maps again from the page cache rather than from disk."""
+    import watchfiles
+
+    settings_file = files.folder / "run.json"  # not server.json: that one says a server.start runs
+    write_atomically(settings_file, served.model_dump_json(indent=2), mode=PRIVATE)
+    command = [sys.executable, "-m", "inference_server", "--settings", str(settings_file)]
+    watched = PROJECT_ROOT / "inference_server"
+    url = client_url(served)
+
+    def healthy(process: subprocess.Popen[bytes], began: float, done: str) -> None:
+        problem = _wait_healthy(url, process, timeout_s)
+        took = f"{done} in {time.monotonic() - began:.1f} s at {url} (pid {process.pid})"
+        on_event(f"not serving: {problem} (fix the code: the next change restarts it)" if problem else took)
+
+    began = time.monotonic()
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT)
+    try:
+        healthy(process, began, "ready")
+        for changes in watchfiles.watch(watched, watch_filter=watchfiles.PythonFilter()):
+            began = time.monotonic()
+            changed = sorted({os.path.relpath(path, PROJECT_ROOT) for _, path in changes})
+            on_event(f"reloading: {', '.join(changed)} changed")
+            _end(process, served.stop_grace_s)
+            process = subprocess.Popen(command, cwd=PROJECT_ROOT)
+            healthy(process, began, "reloaded")
+    finally:
+        _end(process, served.stop_grace_s)
+        settings_file.unlink(missing_ok=True)
+
+
+def _end(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM (requests in flight get the grace), then SIGKILL; waits until it is gone."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(grace_s + SHUTDOWN_MARGIN_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -117,7 +117,13 @@ def look(files: StateFiles) -> Running | Stale | None:
         return Stale(_first_number(files.pidfile))
     if not identity.matches():
         return Stale(identity.pid)
-    served = _read_json(files.settings)
+    endpoint, engine = served_endpoint(files.settings)
+    return Running(identity, endpoint, engine)
+
+
+def served_endpoint(settings: Path) -> tuple[Endpoint, str]:
+    """Where the server serving the settings in this file listens, and its engine setting."""
+    served = _read_json(settings)
     default = str(served.get("default_model", ""))
     models = served.get("models")
     listed: list[dict[str, Any]] = models if isinstance(models, list) else []
@@ -128,7 +134,7 @@ def look(files: StateFiles) -> Running | Stale | None:
         default,
         int(spec.get("context_size", 0)),
     )
-    return Running(identity, endpoint, str(served.get("engine", "")))
+    return endpoint, str(served.get("engine", ""))
 
 
 def record(files: StateFiles, pid: int, cmdline: Sequence[str]) -> bool:
