@@ -34,9 +34,39 @@ def plain(value: Any) -> Any:
     return value
 
 
+# The order settings are merged in, lowest first. invoke ranks the checkout's invoke.yaml (its
+# "project" level) above /etc/invoke.yaml and ~/.invoke.yaml; since it sets every key, a machine's own
+# file could then change nothing. Here it is the defaults those files override, as the README says.
+LEVELS = (
+    "defaults",
+    "collection",
+    "project",
+    "system",
+    "user",
+    "env",
+    "runtime",
+    "overrides",
+    "modifications",
+)
+
+
+def merged(config: Any) -> Any:
+    """A Context's config merged in LEVELS' order (a plain dict is returned as it is)."""
+    if not hasattr(config, "_project"):
+        return config
+    from invoke.config import merge_dicts, obliterate
+
+    data: dict[str, Any] = {}
+    for level in LEVELS:
+        merge_dicts(data, getattr(config, f"_{level}", {}))
+    obliterate(data, getattr(config, "_deletions", {}))
+    return data
+
+
 def sections(config: Any) -> dict[str, Any]:
-    """The settings sections of the merged invoke configuration (a Context's config or a plain dict)."""
-    found = {name: plain(config.get(name)) for name in SECTIONS}
+    """The settings sections of the merged configuration (a Context's config or a plain dict)."""
+    whole = merged(config)
+    found = {name: plain(whole.get(name)) for name in SECTIONS}
     return {k: v for k, v in found.items() if v is not None}
 
 

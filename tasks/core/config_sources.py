@@ -1,8 +1,8 @@
 """Where each setting's effective value comes from, read off invoke's own config levels.
 
-invoke keeps every level it merged (`_defaults`, `_collection`, `_system`, `_user`, `_project`, `_env`,
-`_runtime`, `_overrides`, `_modifications`) and the file each came from; a setting's source is the
-highest level that holds it, so nothing here re-reads a file or an environment variable.
+invoke keeps every level it merged and the file each came from; a setting's source is the highest
+level, in the order the settings are merged (config_file.LEVELS: the checkout's invoke.yaml lowest),
+that holds it, so nothing here re-reads a file or an environment variable.
 """
 
 from __future__ import annotations
@@ -13,21 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.core.config_file import SECTIONS, plain
+from tasks.core.config_file import LEVELS, SECTIONS, merged, plain
 from tasks.core.errors import HomelabError
 
-# invoke's merge order, lowest first (invoke.config.Config.merge)
-_LEVELS = (
-    "defaults",
-    "collection",
-    "system",
-    "user",
-    "project",
-    "env",
-    "runtime",
-    "overrides",
-    "modifications",
-)
 _SECRET_NAMES = frozenset({"api_key", "hub_token"})
 _SECRET_ENDINGS = ("_key", "_token", "password", "secret")
 
@@ -48,10 +36,11 @@ class Setting:
 def effective(config: Any, wanted: str = "") -> list[Setting]:
     """Every setting of the project's sections (or those under `wanted`, a section or SECTION.KEY),
     with its merged value and its source."""
+    whole = merged(config)
     settings = [
         Setting(".".join(path), value, _source(config, path))
         for name in SECTIONS
-        for path, value in _leaves(plain(config.get(name)), (name,))
+        for path, value in _leaves(plain(whole.get(name)), (name,))
     ]
     if not wanted:
         return settings
@@ -73,7 +62,7 @@ def _leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...]
 
 
 def _source(config: Any, path: tuple[str, ...]) -> str:
-    for level in reversed(_LEVELS):
+    for level in reversed(LEVELS):
         if _holds(getattr(config, f"_{level}", {}), path):
             return _describe(config, level, path)
     return "unknown"
@@ -91,7 +80,7 @@ def _describe(config: Any, level: str, path: tuple[str, ...]) -> str:
     if level == "env":
         return getattr(config, "_env_prefix", "INVOKE_") + "_".join(path).upper()
     if level == "project":
-        return f"{_home_relative(str(config._project_path))} (project default)"
+        return f"{_home_relative(str(config._project_path))} (default)"
     if level in {"system", "user"}:
         return _home_relative(str(getattr(config, f"_{level}_path", "") or level))
     if level == "runtime":

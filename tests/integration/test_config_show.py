@@ -68,21 +68,22 @@ def test_each_setting_names_the_level_its_value_comes_from(tmp_path: Path) -> No
     assert found["server.engine"] == {
         "setting": "server.engine",
         "value": "auto",
-        "source": f"{ROOT}/invoke.yaml (project default)",
+        "source": f"{ROOT}/invoke.yaml (default)",
     }
     assert found["doctor.ttl_s.models"]["value"] == 3600
 
 
-def test_the_project_file_beats_the_user_file_and_says_so(tmp_path: Path) -> None:
-    """invoke merges the checkout's invoke.yaml (its project level) above ~/.invoke.yaml and
-    /etc/invoke.yaml, so a key invoke.yaml sets cannot be changed there: config.show names the winner."""
+def test_a_machines_own_file_overrides_the_checkouts_defaults(tmp_path: Path) -> None:
+    """invoke alone would rank the checkout's invoke.yaml (its project level) above ~/.invoke.yaml,
+    and since it sets every key, a machine's own file could change nothing: here it is the defaults."""
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / ".invoke.yaml").write_text("server: {log_lines: 6}\n")
 
     found = rows(show(tmp_path, "config.show", "--json"))
 
-    assert found["server.log_lines"]["value"] == 40
-    assert found["server.log_lines"]["source"] == f"{ROOT}/invoke.yaml (project default)"
+    assert found["server.log_lines"]["value"] == 6
+    assert found["server.log_lines"]["source"] == "~/.invoke.yaml"
+    assert found["server.engine"]["source"] == f"{ROOT}/invoke.yaml (default)"
     assert found["hosts"]["value"] == {}  # an empty section is a setting too
 
 
@@ -115,4 +116,4 @@ def test_through_fab_a_host_shows_its_own_settings(ssh_lab: Lab, tmp_path: Path)
     found = rows(cli("fab", lab, "-H", "b", "config.show", "--key", "server", "--json"))
 
     assert found["server.port"]["source"] == "INVOKE_SERVER_PORT"  # b's sshd sets it for its sessions
-    assert found["server.engine"]["source"] == f"{ssh_lab.hosts['b'].checkout}/invoke.yaml (project default)"
+    assert found["server.engine"]["source"] == f"{ssh_lab.hosts['b'].checkout}/invoke.yaml (default)"

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from invoke import Config
 from invoke.env import Environment
 
 from tasks.core import config, config_file
@@ -100,6 +101,34 @@ def test_env_overrides_invoke_can_cast_pass_and_reach_the_settings(monkeypatch: 
         "server": {"host": "0.0.0.0"},
         "doctor": {"ttl_s": {"models": 60}},
     }
+
+
+def test_a_machines_files_override_the_checkouts_invoke_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkout's invoke.yaml is invoke's project level, which invoke ranks above /etc and ~;
+    the settings rank it below them (and below a variable and `-f`, as invoke does)."""
+    for name in [name for name in os.environ if name.startswith("INVOKE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("INVOKE_SERVER_CHAT_MAX_TOKENS", "17")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "invoke.yaml").write_text("server: {port: 9001, log_lines: 5}\n")
+    (tmp_path / ".invoke.yaml").write_text("server: {port: 9002}\n")
+    (tmp_path / "run.yaml").write_text("server: {chat_temperature: 0.5}\n")
+    loaded = Config(
+        system_prefix=f"{tmp_path}/etc/",
+        user_prefix=f"{tmp_path}/.",
+        project_location=str(config_file.PROJECT_ROOT),
+        runtime_path=str(tmp_path / "run.yaml"),
+    )
+    loaded.load_project()
+    loaded.load_runtime()
+    loaded.load_shell_env()
+    assert loaded.server.port == config.read_yaml(config.CONFIG_FILE)["server"]["port"]  # invoke's own view
+
+    server = config.load(loaded).server
+    assert (server.port, server.log_lines) == (9002, 5)
+    assert (server.chat_max_tokens, server.chat_temperature) == (17, 0.5)
 
 
 @pytest.mark.parametrize(
