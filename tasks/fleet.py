@@ -64,3 +64,29 @@ def status(c: Context, hosts: str = "", tag: str = "", json: bool = False) -> No
         rows.append((target.name, "yes", facts.revision, facts.server, facts.model, facts.health, free, ""))
     columns = ["host", "reachable", "revision", "server", "model", "health", "disk free", "problem"]
     print_table("Homelab", columns, rows)
+
+
+@task(
+    help={
+        "hosts": _WHICH["hosts"],
+        "tag": _WHICH["tag"],
+        "host": "address to serve the page on (off loopback only with server.api_key set)",
+        "port": "port to serve the page on",
+    },
+    auto_shortflags=False,
+)
+def dashboard(c: Context, hosts: str = "", tag: str = "", host: str = "127.0.0.1", port: int = 8089) -> None:
+    """Serve the lab's dashboard in a browser: every host's facts and models, refreshed live.
+
+    The same page the gateway shows, fed by what fleet.status gathers; behind server.api_key.
+    """
+    from tasks.core import config, dashboard, remote, server_state
+    from tasks.core.console import say
+
+    settings = config.load(c.config)
+    targets = remote.select(settings, hosts, tag, everything=not (hosts or tag))
+    key = server_state.api_key(settings.server)
+    say(f"dashboard of {len(targets)} hosts at {server_state.client_url(host, port)}/ui/lab (Ctrl-C stops)")
+    dashboard.serve(
+        dashboard.lab_source(c.config, settings, targets), host, port, key, settings.server.allowed_hosts
+    )

@@ -22,21 +22,25 @@ from fastapi.responses import JSONResponse
 
 from inference_server.auth import presented_key
 from inference_server.errors import Kind, body, status_of
+from inference_server.guard import host_name
 
 COOKIE = "homelab_ui"
 CSRF_HEADER = "x-csrf-token"
 
 
 class Access:
-    def __init__(self, api_key: str) -> None:
+    def __init__(self, api_key: str, allowed_hosts: list[str] | None = None) -> None:
+        """`allowed_hosts`: the Host names a keyless app answers (None: a guard in front checks them)."""
         self.api_key = api_key
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
         secret = api_key.encode() or secrets.token_bytes(32)
         self.session = _mac(secret, "session") if api_key else ""
         self.csrf = _mac(secret, "csrf")
 
     def allowed(self, request: Request) -> bool:
         if not self.api_key:
-            return True
+            hosts = self.allowed_hosts
+            return hosts is None or host_name(request.headers.get("host", "")) in hosts
         if key := presented_key(request):
             return self.is_key(key)
         return hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), self.session.encode())
@@ -44,25 +48,33 @@ class Access:
     def is_key(self, key: str) -> bool:
         return bool(self.api_key) and hmac.compare_digest(key.encode(), self.api_key.encode())
 
-    def refusal(self, request: Request) -> JSONResponse | None:
-        """None when a data request may go on, else the error a client gets."""
+    async def reader(self, request: Request) -> None:
+        """A dependency of the data routes (it runs before the body is read)."""
         if not self.allowed(request):
-            return refuse("authentication", "log in at /ui/login, or send the API key")
-        return None
+            raise Refused("authentication", "log in at /ui/login, or send the API key")
 
-    def post_refusal(self, request: Request) -> JSONResponse | None:
-        """As `refusal`, and the CSRF token must be there: an action only the page itself can send."""
-        if refused := self.refusal(request):
-            return refused
+    async def actor(self, request: Request) -> None:
+        """A dependency of the actions: a reader that also sends the page's CSRF token."""
+        await self.reader(request)
         token = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(token.encode(), self.csrf.encode()):
-            message = f"missing or wrong {CSRF_HEADER}: send actions from the dashboard page"
-            return refuse("forbidden", message)
-        return None
+            raise Refused(
+                "forbidden", f"missing or wrong {CSRF_HEADER}: send actions from the dashboard page"
+            )
 
 
-def refuse(kind: Kind, message: str) -> JSONResponse:
-    return JSONResponse(body(kind, message, anthropic=False), status_code=status_of(kind))
+class Refused(Exception):
+    """A refused dashboard request, answered in the OpenAI error envelope by `on_refused`."""
+
+    def __init__(self, kind: Kind, message: str) -> None:
+        super().__init__(message)
+        self.kind: Kind = kind
+        self.message = message
+
+
+async def on_refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Refused)
+    return JSONResponse(body(exc.kind, exc.message, anthropic=False), status_code=status_of(exc.kind))
 
 
 def _mac(secret: bytes, purpose: str) -> str:

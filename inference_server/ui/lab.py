@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from inference_server.ui import site
@@ -43,19 +43,18 @@ def router(access: Access, source: LabSource) -> APIRouter:
     async def lab_page(request: Request) -> Response:
         return page(request, access, "lab.html")
 
-    @routes.get("/api/lab", response_model=None)
-    async def hosts(request: Request) -> Response | dict[str, object]:
-        if refused := access.refusal(request):
-            return refused
+    @routes.get("/api/lab", dependencies=[Depends(access.reader)])
+    async def hosts() -> dict[str, object]:
         return {"hosts": [asdict(host) for host in await asyncio.to_thread(source)]}
 
     return routes
 
 
-def create_app(source: LabSource, api_key: str) -> FastAPI:
-    """The lab view on its own (fleet.dashboard): behind `api_key` when it is set."""
+def create_app(source: LabSource, api_key: str, allowed_hosts: list[str]) -> FastAPI:
+    """The lab view on its own (fleet.dashboard): behind `api_key` when it is set, else answering only
+    the loopback names in `allowed_hosts` (the server's guard against DNS rebinding)."""
     app = FastAPI(title="llm-homelab dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    access = Access(api_key)
+    access = Access(api_key, allowed_hosts)
     site.install(app, access, [("Lab", "/ui/lab")])
     app.include_router(router(access, source))
     return app

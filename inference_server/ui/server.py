@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from inference_server.admin import api_router as admin
@@ -36,10 +36,8 @@ def router(access: Access) -> APIRouter:
         names = [n for n in state.pool.listed_names() if state.pool.route(n).spec.kind == "chat"]
         return page(request, access, "chat.html", models=names, default=state.settings.default_model)
 
-    @routes.get("/api/state", response_model=None)
-    async def snapshot(request: Request) -> Response | dict[str, object]:
-        if refused := access.refusal(request):
-            return refused
+    @routes.get("/api/state", dependencies=[Depends(access.reader)])
+    async def snapshot(request: Request) -> dict[str, object]:
         state: Runtime = request.app.state.runtime
         history: History = request.app.state.ui_history
         return {
@@ -49,23 +47,15 @@ def router(access: Access) -> APIRouter:
             "prompt_text": state.settings.ui_prompt_text,
         }
 
-    @routes.post("/api/models/{name:path}/{action}", response_model=None)
-    async def act(
-        request: Request, name: str, action: Literal["load", "pin", "unload"]
-    ) -> Response | dict[str, object]:
-        if refused := access.post_refusal(request):
-            return refused
+    @routes.post("/api/models/{name:path}/{action}", dependencies=[Depends(access.actor)])
+    async def act(request: Request, name: str, action: Literal["load", "pin", "unload"]) -> dict[str, object]:
         state: Runtime = request.app.state.runtime
         if action == "unload":
             return await admin.unload(state, name)
         return await admin.load(state, name, pin=action == "pin")
 
-    @routes.post("/api/chat", response_model=None)
-    async def chat(
-        request: Request, body: p.ChatCompletionRequest
-    ) -> Response | p.ChatCompletion | EventStream:
-        if refused := access.post_refusal(request):
-            return refused
+    @routes.post("/api/chat", response_model=None, dependencies=[Depends(access.actor)])
+    async def chat(request: Request, body: p.ChatCompletionRequest) -> p.ChatCompletion | EventStream:
         return await OpenAIServing(request.app.state.runtime).chat(request, body)
 
     return routes

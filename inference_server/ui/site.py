@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from inference_server.ui.access import COOKIE, Access
+from inference_server.ui.access import COOKIE, Access, Refused, on_refused
 
 HERE = Path(__file__).parent
 # No inline script or style, nothing from elsewhere: every asset comes from /ui/static.
@@ -39,6 +39,8 @@ Nav = list[tuple[str, str]]  # (label, path)
 def page(request: Request, access: Access, template: str, **context: Any) -> Response:
     """A rendered page, or the login form's address when the visitor has no key."""
     if not access.allowed(request):
+        if not access.api_key:  # a keyless app asked by a name that is not its own: no login helps
+            return HTMLResponse("This Host is not answered without an API key.", 400, headers=HEADERS)
         return RedirectResponse(f"/ui/login?next={request.url.path}", status_code=303, headers=HEADERS)
     nav: Nav = request.app.state.ui_nav
     html = _templates.get_template(template).render(
@@ -50,6 +52,7 @@ def page(request: Request, access: Access, template: str, **context: Any) -> Res
 def install(app: FastAPI, access: Access, nav: Nav) -> None:
     """Login, logout and /ui/static on `app`; `nav[0]` is where /ui/ and a login lead."""
     app.state.ui_nav = nav
+    app.add_exception_handler(Refused, on_refused)
     app.include_router(_router(access, nav[0][1]))
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 

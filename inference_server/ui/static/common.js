@@ -62,10 +62,16 @@ const UI = (() => {
     return td;
   }
 
+  /* The rows, each cell labelled with its column's heading (a phone shows rows as labelled cards). */
   function fill(tbody, rows) {
+    const labels = [...tbody.closest("table").querySelectorAll("thead th")].map((th) => th.textContent);
     tbody.replaceChildren(...rows.map((cells) => {
       const tr = document.createElement("tr");
-      tr.append(...cells.map(cell));
+      tr.append(...cells.map((content, i) => {
+        const td = cell(content);
+        td.dataset.label = labels[i] || "";
+        return td;
+      }));
       return tr;
     }));
   }

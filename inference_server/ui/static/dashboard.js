@@ -3,6 +3,8 @@
 
 (() => {
   const charts = {};
+  const WINDOW_S = 300; // the charts show the last five minutes, as the server keeps them
+  let newest = Date.now() / 1000;
   const modelsBody = document.querySelector("#models tbody");
   const requestsBody = document.querySelector("#requests tbody");
 
@@ -45,8 +47,11 @@
       charts[id] = new uPlot({
         width,
         height: 140,
-        legend: { show: series.length > 1 },
-        scales: { y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
+        legend: { show: false },
+        scales: {
+          x: { time: true, range: () => [newest - WINDOW_S, newest] },
+          y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] },
+        },
         axes: [{ size: 30 }, { size: 40 }],
         series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, spanGaps: false }))],
       }, data, element);
@@ -54,6 +59,8 @@
       if (charts[id].width !== width) charts[id].setSize({ width, height: 140 });
       charts[id].setData(data);
     }
+    // What the chart shows at most, for a reader that cannot see the canvas (and for the tests).
+    element.dataset.max = Math.max(0, ...data.slice(1).flat().filter((v) => v !== null));
   }
 
   function last(values) {
@@ -63,6 +70,7 @@
 
   function showLoad(history, used, budget) {
     const t = history.map((s) => s.at);
+    if (t.length) newest = t[t.length - 1];
     const tokens = history.map((s) => s.tokens_per_s);
     const flight = history.map((s) => s.in_flight);
     const queue = history.map((s) => s.queue_depth);
