@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from inference_server.ui import lab
+from tasks.core import config, dashboard, fleet
 from tests.e2e.test_server_lifecycle import inv
 from tests.fixtures.server import RunningServer, running_server, settings_for_test
 
@@ -170,4 +175,44 @@ def test_load_and_unload_from_the_page_change_server_ps(page: WebDriver, server:
     until(page, lambda d: d.find_elements(By.CSS_SELECTOR, model_row("unloaded", OTHER)))
     shown = inv(env, "server.ps")
     assert shown.returncode == 0 and OTHER not in shown.stdout, shown.stdout
+    assert console_errors(page) == []
+
+
+@pytest.fixture
+def lab_url(server: RunningServer, project_config: dict[str, Any]) -> Iterator[str]:
+    """fleet.dashboard's app on this host's facts (tasks.core.fleet.local_facts, as remote.facts gathers
+    them on every host), served by uvicorn on a socket that is listening before the test starts."""
+    import uvicorn
+
+    project_config["server"]["state_dir"] = str(server.files.folder)
+    settings = config.validate(project_config)
+    app = lab.create_app(
+        lambda: [dashboard.host_view("this-host", fleet.local_facts(settings))],
+        server.api_key,
+        settings.server.allowed_hosts,
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    web = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        web.should_exit = True
+        thread.join()
+        sock.close()
+
+
+def test_lab_view_shows_each_hosts_facts_and_models(page: WebDriver, lab_url: str) -> None:
+    assert httpx.get(f"{lab_url}/ui/api/lab").status_code == 401  # the lab view is behind the key too
+    page.get(f"{lab_url}/ui/lab")  # the login cookie is the server's: same host, same key
+    row = until(page, lambda d: d.find_element(By.CSS_SELECTOR, "#hosts tbody tr"))
+    cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[:2] == ["this-host", "yes"] and cells[4] == "ok" and cells[5] == "llama_cpp", cells
+    assert cells[6].endswith(" GB") and cells[7].endswith(" GB"), cells
+    models = until(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#lab-models tbody tr"))
+    assert any(SMALL in m.text and "loaded" in m.text for m in models), [m.text for m in models]
+    shot(page, "lab")
     assert console_errors(page) == []

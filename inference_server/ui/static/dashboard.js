@@ -53,7 +53,8 @@
           y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] },
         },
         axes: [{ size: 30 }, { size: 40 }],
-        series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, spanGaps: false }))],
+        // Points too: a TTFT sample between idle (null) ones is a lone point, with no line to draw.
+        series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, points: { size: 4 } }))],
       }, data, element);
     } else {
       if (charts[id].width !== width) charts[id].setSize({ width, height: 140 });
