@@ -50,8 +50,13 @@ class Access:
 
     async def reader(self, request: Request) -> None:
         """A dependency of the data routes (it runs before the body is read)."""
-        if not self.allowed(request):
-            raise Refused("authentication", "log in at /ui/login, or send the API key")
+        if self.allowed(request):
+            return
+        if not self.api_key:
+            host = host_name(request.headers.get("host", ""))
+            message = f"Host '{host}' is not answered without an API key: add it to server.allowed_hosts"
+            raise Refused("invalid_request", message + ", or set server.api_key")
+        raise Refused("authentication", "log in at /ui/login, or send the API key")
 
     async def actor(self, request: Request) -> None:
         """A dependency of the actions: a reader that also sends the page's CSRF token."""

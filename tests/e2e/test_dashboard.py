@@ -216,3 +216,17 @@ def test_lab_view_shows_each_hosts_facts_and_models(page: WebDriver, lab_url: st
     assert any(SMALL in m.text and "loaded" in m.text for m in models), [m.text for m in models]
     shot(page, "lab")
     assert console_errors(page) == []
+
+
+def test_prompt_text_shows_only_when_the_owner_turns_it_on(own_server: Any, server: RunningServer) -> None:
+    question = [{"role": "user", "content": "Say hi."}]
+    auth = {"authorization": f"Bearer {server.api_key}"}
+    chat = {"model": SMALL, "messages": question, "max_tokens": 4}
+    httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers=auth, timeout=120).raise_for_status()
+    recent = httpx.get(f"{server.url}/ui/api/state", headers=auth).json()["requests"]
+    assert recent[0]["prompt"] == "" and recent[0]["completion_tokens"] > 0
+    with own_server(ui_prompt_text=True) as shown:
+        r = httpx.post(f"{shown.url}/v1/chat/completions", json=chat, headers=auth, timeout=120)
+        r.raise_for_status()
+        recent = httpx.get(f"{shown.url}/ui/api/state", headers=auth).json()["requests"]
+        assert recent[0]["prompt"] == "Say hi."
