@@ -86,7 +86,9 @@ def dashboard(c: Context, hosts: str = "", tag: str = "", host: str = "127.0.0.1
     settings = config.load(c.config)
     targets = remote.select(settings, hosts, tag, everything=not (hosts or tag))
     key = server_state.api_key(settings.server)
-    say(f"dashboard of {len(targets)} hosts at {server_state.client_url(host, port)}/ui/lab (Ctrl-C stops)")
-    dashboard.serve(
-        dashboard.lab_source(c.config, settings, targets), host, port, key, settings.server.allowed_hosts
-    )
+    source = dashboard.lab_source(c.config, settings, targets)
+
+    def announce(url: str) -> None:
+        say(f"the dashboard of {len(targets)} hosts is at {url} (Ctrl-C stops it)", markup=False)
+
+    dashboard.serve(source, host, port, key, settings.server.allowed_hosts, announce)

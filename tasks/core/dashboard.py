@@ -6,7 +6,8 @@ The view asks its `LabSource` on every refresh; this one asks every host for its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tasks.core import fleet
@@ -45,14 +46,29 @@ def lab_source(config: Any, settings: Settings, targets: Sequence[Target]) -> La
     return hosts
 
 
-def serve(source: LabSource, host: str, port: int, api_key: str, allowed_hosts: list[str]) -> None:
-    """Serve the lab view until Ctrl-C; off loopback only with a key, as the server itself."""
+def serve(
+    source: LabSource,
+    host: str,
+    port: int,
+    api_key: str,
+    allowed_hosts: list[str],
+    announce: Callable[[str], None],
+) -> None:
+    """Serve the lab view until Ctrl-C; off loopback only with a key, as the server itself.
+    `announce(url)` is called once the port listens, so whoever reads it can connect at once."""
     import uvicorn
 
     from inference_server.settings import is_loopback
     from inference_server.ui.lab import create_app
+    from tasks.core.server_state import client_url
 
     if not api_key and not is_loopback(host):
         raise HomelabError(f"refusing to serve the dashboard on {host} without a key", "set server.api_key")
-    app = create_app(source, api_key, allowed_hosts)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise HomelabError(f"cannot listen on {host}:{port}: {exc.strerror}", "pick another --port") from None
+    with sock:
+        announce(f"{client_url(host, sock.getsockname()[1])}/ui/lab")
+        web = uvicorn.Server(uvicorn.Config(create_app(source, api_key, allowed_hosts), log_level="warning"))
+        web.run(sockets=[sock])
