@@ -121,22 +121,14 @@ def test_fleet_status_shows_each_host_and_who_is_unreachable(ssh_lab: Lab, lab_y
 
 def test_fleet_dashboard_serves_every_hosts_facts_from_fleet_status(ssh_lab: Lab, lab_yaml: Path) -> None:
     """The real `inv fleet.dashboard` on port 0: its one line names the URL once the port listens."""
-    command = [
-        str(Path(sys.executable).parent / "inv"),
-        "-f",
-        str(lab_yaml),
-        "fleet.dashboard",
-        "--port",
-        "0",
-    ]
-    served = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    inv = str(Path(sys.executable).parent / "inv")
+    command = [inv, "-f", str(lab_yaml), "fleet.dashboard", "--port", "0"]
+    served = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert served.stdout is not None
         url = served.stdout.readline().split(" is at ")[1].split()[0]
-        hosts = {
-            h["name"]: h
-            for h in httpx.get(url.replace("/ui/lab", "/ui/api/lab"), timeout=120).json()["hosts"]
-        }
+        answer = httpx.get(url.replace("/ui/lab", "/ui/api/lab"), timeout=120).json()
+        hosts = {host["name"]: host for host in answer["hosts"]}
         for name in ("a", "b", "c"):
             assert hosts[name]["reachable"] and hosts[name]["revision"] == ssh_lab.revision(name)
             assert hosts[name]["health"] == "down" and hosts[name]["disk_free_gb"] > 0
