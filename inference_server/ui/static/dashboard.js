@@ -53,8 +53,7 @@
           y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] },
         },
         axes: [{ size: 30 }, { size: 40 }],
-        // Points too: a TTFT sample between idle (null) ones is a lone point, with no line to draw.
-        series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, points: { size: 4 } }))],
+        series: [{}, ...series.map(([label, stroke, points]) => ({ label, stroke, width: 2, points }))],
       }, data, element);
     } else {
       if (charts[id].width !== width) charts[id].setSize({ width, height: 140 });
@@ -84,7 +83,8 @@
     document.getElementById("stat-memory").textContent = UI.bytes(used) + " / " + UI.bytes(budget);
     chart("chart-tokens", [["tokens/s", "#2f7ed8"]], [t, tokens]);
     chart("chart-flight", [["in flight", "#2f7ed8"], ["queued", "#d8792f"]], [t, flight, queue]);
-    chart("chart-ttft", [["TTFT s", "#3a9a5b"]], [t, ttft]);
+    // Always points: a TTFT sample between idle (null) ones is a lone point, with no line to draw.
+    chart("chart-ttft", [["TTFT s", "#3a9a5b", { show: true, size: 5 }]], [t, ttft]);
   }
 
   function showRequests(requests, promptText) {
