@@ -14,6 +14,8 @@ if [[ "${1:-}" == "--dev" ]]; then
   dev=true
   extras="server,mlx,dev"
   apt_packages+=(openssh-server openssh-client)
+  # The dashboard's browser tests (tests/e2e/test_dashboard.py): Selenium drives Debian's Chromium.
+  apt_packages+=(chromium chromium-driver)
   # npm installs Claude Code; a machine with its own Node (nodesource, nvm) keeps it
   command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 fi

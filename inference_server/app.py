@@ -24,22 +24,28 @@ from inference_server.pool import Pool
 from inference_server.responses.api_router import router as responses_router
 from inference_server.runtime import Runtime
 from inference_server.settings import ServerSettings
+from inference_server.ui import server as ui_server
+from inference_server.ui import site as ui_site
+from inference_server.ui.access import Access
+from inference_server.ui.recent import History
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
     metrics = Metrics()
     pool = Pool(settings, metrics)
     runtime = Runtime(settings, pool, metrics)
+    history = History(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        running = asyncio.create_task(pool.run())
+        running = [asyncio.create_task(pool.run()), asyncio.create_task(history.run())]
         try:
             yield
         finally:
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
+            for task in running:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await pool.close()
 
     app = FastAPI(
@@ -50,6 +56,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         openapi_url=None,  # served below, behind the key like every API route
     )
     app.state.runtime = runtime
+    app.state.ui_history = history
     app.add_exception_handler(errors.ApiError, errors.on_api_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_exception_handler(HTTPException, errors.on_http_error)
@@ -67,6 +74,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(anthropic_router)
     app.include_router(responses_router)
     app.include_router(ollama_router)
+    access = Access(settings.api_key)
+    ui_site.install(app, access, ui_server.NAV)
+    app.include_router(ui_server.router(access))
     return app
 
 

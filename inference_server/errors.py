@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 Kind = Literal[
     "invalid_request",
     "authentication",
+    "forbidden",
     "not_found",
     "no_route",
     "too_large",
@@ -42,6 +43,7 @@ _SHAPES: dict[Kind, _Shape] = {
         400, "invalid_request_error", "context_length_exceeded", "invalid_request_error"
     ),
     "authentication": _Shape(401, "invalid_request_error", "invalid_api_key", "authentication_error"),
+    "forbidden": _Shape(403, "invalid_request_error", None, "permission_error"),
     "not_found": _Shape(404, "invalid_request_error", "model_not_found", "not_found_error"),
     "no_route": _Shape(404, "invalid_request_error", None, "not_found_error"),
     "too_large": _Shape(413, "invalid_request_error", "request_too_large", "request_too_large"),

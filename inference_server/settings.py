@@ -66,6 +66,7 @@ class ServerSettings(_Frozen):
         description="Host header names accepted while no api_key is set (DNS-rebinding guard)"
     )
     stop_grace_s: float = Field(gt=0)
+    ui_prompt_text: bool = Field(description="the dashboard's recent requests show each prompt's text")
     manage_command: list[str] = Field(
         description="runs one of the project's tasks (Ollama's /api/pull and /api/delete): the command "
         "line before the task's name, e.g. [python, -m, invoke, --search-root, CHECKOUT]"

@@ -145,3 +145,31 @@ def deploy(
         raise HomelabError(
             f"the rollout stopped at {failed[0].host}: {failed[0].result}", "see the table above"
         )
+
+
+@task(
+    help={
+        "hosts": _WHICH["hosts"],
+        "tag": _WHICH["tag"],
+        "host": "address to serve the page on (off loopback only with server.api_key set)",
+        "port": "port to serve the page on",
+    },
+    auto_shortflags=False,
+)
+def dashboard(c: Context, hosts: str = "", tag: str = "", host: str = "127.0.0.1", port: int = 8089) -> None:
+    """Serve the lab's dashboard in a browser: every host's facts and models, refreshed live.
+
+    The same page the gateway shows, fed by what fleet.status gathers; behind server.api_key.
+    """
+    from tasks.core import config, dashboard, remote, server_state
+    from tasks.core.console import say
+
+    settings = config.load(c.config)
+    targets = remote.select(settings, hosts, tag, everything=not (hosts or tag))
+    key = server_state.api_key(settings.server)
+    source = dashboard.lab_source(c.config, settings, targets)
+
+    def announce(url: str) -> None:
+        say(f"the dashboard of {len(targets)} hosts is at {url} (Ctrl-C stops it)", markup=False)
+
+    dashboard.serve(source, host, port, key, settings.server.allowed_hosts, announce)

@@ -64,6 +64,7 @@ class ServerConfig(Section):
     claude_model: str
     claude_small_fast_model: str
     strip_billing_header: bool
+    ui_prompt_text: bool
     allowed_hosts: list[str]
     state_dir: Path
     start_timeout_s: float = Field(gt=0)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -52,6 +52,10 @@ class HostFacts:
     model: str
     health: str
     disk_free_gb: float
+    # Newer facts (fleet.dashboard's); a host whose checkout predates them sends none of these.
+    engine: str = ""
+    memory_free_gb: float | None = None
+    models: list[dict[str, Any]] = field(default_factory=list)  # GET /admin/models' rows
 
 
 class PrefixedLines:
@@ -190,7 +194,10 @@ def facts_from(result: Any) -> HostFacts | ProbeFailure:
 
 
 def local_facts(settings: Settings) -> HostFacts:
-    """This host's facts: checkout revision, the server's pidfile and /health, free disk for models."""
+    """This host's facts: checkout revision, the server's pidfile, /health and models, free memory and
+    disk for models."""
+    import psutil
+
     from tasks.core import server_state
 
     found = server_state.look(server_state.StateFiles(settings.server.state_dir))
@@ -203,7 +210,27 @@ def local_facts(settings: Settings) -> HostFacts:
     answer = server_state.health(url, timeout_s=2)
     health = "ok" if answer.ok else f"unhealthy ({answer.code})" if answer.code else "down"
     model = str(answer.body.get("model") or "") or model
-    return HostFacts(_revision(), server, model, health, _free_gb(settings.models.cache_dir))
+    return HostFacts(
+        _revision(),
+        server,
+        model,
+        health,
+        _free_gb(settings.models.cache_dir),
+        engine=str(answer.body.get("engine") or ""),
+        memory_free_gb=round(psutil.virtual_memory().available / 1e9, 1),
+        models=_served_models(settings) if answer.ok else [],
+    )
+
+
+def _served_models(settings: Settings) -> list[dict[str, Any]]:
+    """The running server's /admin/models rows; none when it does not answer (its health says why)."""
+    from tasks.core import server, server_state
+
+    files = server_state.StateFiles(settings.server.state_dir)
+    try:
+        return server.admin_rows(server_state.endpoint(files, settings.server), timeout_s=5)
+    except HomelabError:
+        return []
 
 
 def facts_json(facts: HostFacts) -> str:

@@ -391,7 +391,13 @@ class LoadedModel:
 
 def models(endpoint: Endpoint) -> list[LoadedModel]:
     """Every model the running server may serve, loaded or not."""
-    return [LoadedModel.of(row) for row in _admin(endpoint, "GET", "/admin/models")["models"]]
+    return [LoadedModel.of(row) for row in admin_rows(endpoint)]
+
+
+def admin_rows(endpoint: Endpoint, timeout_s: float = ADMIN_TIMEOUT_S) -> list[dict[str, Any]]:
+    """GET /admin/models' rows as the server sends them (the dashboard shows them as they are)."""
+    rows: list[dict[str, Any]] = _admin(endpoint, "GET", "/admin/models", timeout_s=timeout_s)["models"]
+    return rows
 
 
 def load(endpoint: Endpoint, name: str, pin: bool, timeout_s: float = CHAT_TIMEOUT_S) -> LoadedModel:

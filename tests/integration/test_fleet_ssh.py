@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.fixtures.sshd import USER, Lab, cli
+from tests.fixtures.sshd import ROOT, USER, Lab, cli
 
 DOWN = {"down": {"host": "127.0.0.1", "port": 1, "user": USER, "tags": ["lab"]}}
 
@@ -114,3 +117,25 @@ def test_fleet_status_shows_each_host_and_who_is_unreachable(ssh_lab: Lab, lab_y
         assert cells[6].endswith(" GB")
     assert row(done.stdout, "c")[3] == "stale pidfile"
     assert row(done.stdout, "down")[1] == "no"
+
+
+def test_fleet_dashboard_serves_every_hosts_facts_from_fleet_status(ssh_lab: Lab, lab_yaml: Path) -> None:
+    """The real `inv fleet.dashboard` on port 0: its one line names the URL once the port listens."""
+    inv = str(Path(sys.executable).parent / "inv")
+    command = [inv, "-f", str(lab_yaml), "fleet.dashboard", "--port", "0"]
+    served = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert served.stdout is not None
+        url = served.stdout.readline().split(" is at ")[1].split()[0]
+        answer = httpx.get(url.replace("/ui/lab", "/ui/api/lab"), timeout=120).json()
+        hosts = {host["name"]: host for host in answer["hosts"]}
+        for name in ("a", "b", "c"):
+            assert hosts[name]["reachable"] and hosts[name]["revision"] == ssh_lab.revision(name)
+            assert hosts[name]["health"] == "down" and hosts[name]["disk_free_gb"] > 0
+            assert hosts[name]["memory_free_gb"] > 0
+        assert not hosts["down"]["reachable"] and "cannot connect over SSH" in hosts["down"]["problem"]
+        page = httpx.get(url, timeout=30)
+        assert page.status_code == 200 and "/ui/static/lab.js" in page.text
+    finally:
+        served.terminate()
+        served.wait(timeout=30)

@@ -41,6 +41,7 @@ SETTINGS = {
     "memory_budget_bytes": 2**30,
     "swap_grace_s": 1,
     "strip_billing_header": True,
+    "ui_prompt_text": False,
     "allowed_hosts": ["localhost", "127.0.0.1", "::1"],
     "stop_grace_s": 5,
     "manage_command": ["inv"],

@@ -1,0 +1,61 @@
+"""The dashboard's own checks, on the lab view's real app (fleet.dashboard's) with no server behind it:
+the key or the login cookie for reads, the CSRF token for actions, the Host names of a keyless app."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fastapi import Request
+from fastapi.testclient import TestClient
+
+from inference_server.ui import lab
+from inference_server.ui.access import COOKIE, CSRF_HEADER, Access, Refused
+
+pytestmark = pytest.mark.unit
+HOSTS = [lab.HostView("a", True, revision="abc123", health="ok", disk_free_gb=12.5)]
+LOOPBACK = ["localhost", "127.0.0.1", "::1"]
+
+
+def app(key: str) -> TestClient:
+    return TestClient(lab.create_app(lambda: HOSTS, key, LOOPBACK), base_url="http://127.0.0.1")
+
+
+def test_a_keyed_lab_view_asks_for_the_key_and_then_keeps_a_cookie_that_is_not_it() -> None:
+    client = app("secret")
+    assert client.get("/ui/api/lab").status_code == 401
+    page = client.get("/ui/lab", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/ui/login?next=/ui/lab"
+    assert client.post("/ui/login", data={"key": "nope"}, follow_redirects=False).cookies.get(COOKIE) is None
+    logged_in = client.post("/ui/login", data={"key": "secret", "next": "/ui/lab"}, follow_redirects=False)
+    assert logged_in.headers["location"] == "/ui/lab"
+    assert logged_in.cookies[COOKIE] not in ("", "secret")
+    assert client.get("/ui/api/lab").json()["hosts"][0]["revision"] == "abc123"
+    shown = client.get("/ui/lab")
+    assert "'unsafe-inline'" not in shown.headers["content-security-policy"]
+    assert "<script>" not in shown.text and " style=" not in shown.text  # no inline script or style
+
+
+def test_the_key_in_a_header_reads_as_api_clients_send_it() -> None:
+    client = app("secret")
+    assert client.get("/ui/api/lab", headers={"authorization": "Bearer secret"}).status_code == 200
+    assert client.get("/ui/api/lab", headers={"x-api-key": "wrong"}).status_code == 401
+
+
+def test_a_keyless_lab_view_answers_only_its_loopback_names() -> None:
+    client = app("")
+    assert client.get("/ui/api/lab").status_code == 200
+    rebound = client.get("/ui/api/lab", headers={"host": "evil.example:8089"})
+    assert rebound.status_code == 400
+    assert "Host 'evil.example' is not answered" in rebound.json()["error"]["message"]
+    assert client.get("/ui/lab", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_actions_need_the_pages_csrf_token_keyless_too() -> None:
+    access = Access("", None)
+    scope = {"type": "http", "headers": [], "method": "POST", "path": "/ui/api/x"}
+    with pytest.raises(Refused, match=CSRF_HEADER):
+        asyncio.run(access.actor(Request(scope)))
+    token = access.csrf.encode()
+    asyncio.run(access.actor(Request({**scope, "headers": [(CSRF_HEADER.encode(), token)]})))
+    assert Access("", None).csrf != access.csrf  # a keyless app's secret is its own, per process
