@@ -64,7 +64,9 @@ def gateway_key(gateway: GatewaySettings, key: str = "") -> str:
         return _key_safe(key, "--api-key")
     if gateway.api_key and gateway.api_key_file:
         raise HomelabError("gateway.api_key and gateway.api_key_file are both set", "keep one of them")
-    found = server_state.read_key_file(Path(gateway.api_key_file)) if gateway.api_key_file else gateway.api_key
+    found = (
+        server_state.read_key_file(Path(gateway.api_key_file)) if gateway.api_key_file else gateway.api_key
+    )
     return _key_safe(found, "gateway.api_key")
 
 
@@ -110,9 +112,14 @@ def start(settings: Settings, engine: Engine) -> str:
     from tasks.core import server as core
 
     if not _have_haproxy():
-        raise HomelabError("haproxy is not installed", "install it: apt-get install haproxy (brew install haproxy)")
+        raise HomelabError(
+            "haproxy is not installed", "install it: apt-get install haproxy (brew install haproxy)"
+        )
     state = files(settings)
-    plan = {"engine": {**asdict(engine), "state_dir": str(engine.state_dir)}, "hosts": [asdict(h) for h in hosts(settings)]}
+    plan = {
+        "engine": {**asdict(engine), "state_dir": str(engine.state_dir)},
+        "hosts": [asdict(h) for h in hosts(settings)],
+    }
     with server_state.start_lock(state):
         found = server_state.look(state)
         if isinstance(found, Running):
@@ -120,7 +127,7 @@ def start(settings: Settings, engine: Engine) -> str:
                 f"a gateway is already running (pid {found.pid})", "stop it first: inv gateway.stop"
             )
         host, _, port = engine.listen.rpartition(":")
-        if not core._port_free(host.strip("[]"), int(port)):
+        if not core.port_free(host.strip("[]"), int(port)):
             raise HomelabError(f"port {port} on {host} is already in use", "pick another with --port")
         write_atomically(state.settings, json.dumps(plan, indent=2), mode=PRIVATE)
         command = [sys.executable, "-m", "tasks.core.gateway_controller", str(state.settings)]
@@ -135,7 +142,7 @@ def start(settings: Settings, engine: Engine) -> str:
             )
         recorded = server_state.record(state, process.pid, command)
     where = url(engine)
-    problem = core._wait_healthy(where, process, settings.gateway.start_timeout_s) if recorded else "it exited"
+    problem = core.wait_healthy(where, process, settings.gateway.start_timeout_s) if recorded else "it exited"
     if problem:
         core.stop(state, settings.gateway.stop_grace_s)
         raise HomelabError(
@@ -175,7 +182,9 @@ def _control(settings: Settings, method: str, path: str) -> dict[str, Any]:
         response = connection.getresponse()
         body = json.loads(response.read())
     except (OSError, ValueError) as exc:
-        raise HomelabError(f"the gateway's controller does not answer ({exc})", "see inv gateway.logs") from None
+        raise HomelabError(
+            f"the gateway's controller does not answer ({exc})", "see inv gateway.logs"
+        ) from None
     finally:
         connection.close()
     if response.status != 200:

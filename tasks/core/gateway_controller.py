@@ -68,7 +68,7 @@ class Controller:
         self.stopping = threading.Event()
         self.process: subprocess.Popen[bytes] | None = None
         self.applied = ""
-        self.base: dict[str, tuple[int, int]] = {}  # routed, retried before the last reload
+        self.counted: dict[int, dict[str, tuple[int, int]]] = {}  # worker pid -> host -> routed, retried
 
     @property
     def cfg(self) -> Path:
@@ -105,17 +105,29 @@ class Controller:
             if self.process is None or self.process.poll() is not None:
                 self.process = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(self.cfg)])
             else:
-                for row in self.host_totals().items():
-                    self.base[row[0]] = row[1]
                 self.process.send_signal(signal.SIGUSR2)  # seamless: old workers finish their requests
             self.applied = text
 
-    def host_totals(self) -> dict[str, tuple[int, int]]:
-        totals = dict(self.base)
-        for row in haproxy.stats(self.engine.stats_socket):
-            routed, retried = totals.get(row.host, (0, 0))
-            totals[row.host] = (routed + row.routed, retried + row.retried)
-        return totals
+    def rows(self) -> list[haproxy.ServerStats]:
+        """The engine's server rows now; each worker's last counters kept, so totals survive reloads."""
+        pid, rows = haproxy.stats(self.engine.stats_socket)
+        if pid:
+            mine: dict[str, tuple[int, int]] = {}
+            for row in rows:
+                if row.backend.startswith("host_"):
+                    continue
+                routed, retried = mine.get(row.host, (0, 0))
+                mine[row.host] = (routed + row.routed, retried + row.retried)
+            self.counted[pid] = mine
+        return rows
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {}
+        for counts in self.counted.values():
+            for host, (routed, retried) in counts.items():
+                was = found.get(host, (0, 0))
+                found[host] = (was[0] + routed, was[1] + retried)
+        return found
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -132,13 +144,17 @@ class Controller:
         with self.lock:
             (self.drained.add if drained else self.drained.discard)(name)
             self.drained_file.write_text(json.dumps(sorted(self.drained)))
-        self.apply()
+            # At once, in the running worker; the configuration says the same from the next reload on.
+            state = "maint" if drained else "ready"
+            haproxy.set_state(self.engine.stats_socket, haproxy.backends(self.applied), name, state)
+            self.applied = haproxy.config(self.engine, self.hosts, self.routes(), self.drained)
+            self.cfg.write_text(self.applied)
         return next(h for h in self.state()["hosts"] if h["name"] == name)
 
     def state(self) -> dict[str, Any]:
         """The lab as the gateway sees it (GET /gateway/state)."""
-        rows = haproxy.stats(self.engine.stats_socket)
-        totals = self.host_totals()
+        rows = self.rows()
+        totals = self.totals()
         hosts = []
         for host in self.hosts:
             mine = [r for r in rows if r.host == host.name]
@@ -147,7 +163,7 @@ class Controller:
                 state = "drained"
             elif not seen.answered:
                 state = "down"
-            elif any(r.status.startswith("DOWN") for r in mine):
+            elif any(r.backend.startswith("host_") and r.status.startswith("DOWN") for r in mine):
                 state = "cooling"
             else:
                 state = "up"
@@ -162,7 +178,7 @@ class Controller:
                     "detail": seen.detail,
                     "models": [m["id"] for m in seen.models],
                     "loaded": [m["id"] for m in seen.models if m.get("state") == "loaded"],
-                    "in_flight": sum(r.in_flight for r in mine),
+                    "in_flight": sum(r.in_flight for r in mine if r.backend.startswith("host_")),
                     "routed": routed,
                     "retried": retried,
                 }
@@ -179,10 +195,14 @@ class Controller:
                 entry["hosts"].append(host.name)
         return {"object": "list", "data": list(union.values())}
 
-    def stop(self) -> None:
-        """SIGUSR1: HAProxy stops listening and exits once in-flight requests end (hard-stop-after)."""
+    def finish(self) -> None:
+        """End the poll loop (on SIGTERM); `stop` follows in main."""
         self.stopping.set()
         self.wake.set()
+
+    def stop(self) -> None:
+        """SIGUSR1: HAProxy stops listening and exits once in-flight requests end (hard-stop-after)."""
+        self.finish()
         with self.lock:
             if self.process and self.process.poll() is None:
                 self.process.send_signal(signal.SIGUSR1)
@@ -197,7 +217,7 @@ def _handler(controller: Controller) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        def log_message(self, format: str, *args: Any) -> None:
             """Nothing per request: the log holds state changes, never a header."""
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
@@ -211,7 +231,7 @@ def _handler(controller: Controller) -> type[BaseHTTPRequestHandler]:
         def _not_found(self, what: str) -> None:
             self._send(404, {"error": {"type": "not_found_error", "message": what, "code": 404}})
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             if self.path == "/health":
                 up = controller.process is not None and controller.process.poll() is None
                 self._send(200 if up else 503, {"status": "ok" if up else "starting", "engine": "haproxy"})
@@ -226,7 +246,7 @@ def _handler(controller: Controller) -> type[BaseHTTPRequestHandler]:
             else:
                 self._not_found(f"no such gateway path: {self.path}")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             parts = self.path.strip("/").split("/")
             names = {h.name for h in controller.hosts}
             if len(parts) == 4 and parts[:2] == ["gateway", "hosts"] and parts[3] in {"drain", "resume"}:
@@ -262,7 +282,7 @@ def main(argv: list[str]) -> None:
     server = _UnixServer(str(engine.control_socket), _handler(controller))
     os.chmod(engine.control_socket, 0o600)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: controller.stopping.set() or controller.wake.set())
+    signal.signal(signal.SIGTERM, lambda *_: controller.finish())
     print(f"gateway: {len(hosts)} hosts, listening on {engine.listen}", flush=True)
     try:
         controller.run()

@@ -135,9 +135,7 @@ def config(engine: Engine, hosts: list[Host], routes: dict[str, list[Route]], dr
         lines += [
             f"    acl key_ok req.hdr(authorization) -m str {_quoted('Bearer ' + engine.api_key)}",
             f"    acl key_ok req.hdr(x-api-key) -m str {_quoted(engine.api_key)}",
-            *_returns(
-                401, "authentication_error", "wrong or missing gateway API key", "!health !key_ok"
-            ),
+            *_returns(401, "authentication_error", "wrong or missing gateway API key", "!health !key_ok"),
         ]
     lines += [
         "    use_backend control if health || { path /v1/models } || { path_beg /v1/models/ }"
@@ -163,31 +161,43 @@ def config(engine: Engine, hosts: list[Host], routes: dict[str, list[Route]], dr
 
 
 def _backend(engine: Engine, name: str, routes: list[Route]) -> list[str]:
-    """Least connections among the best-ranked hosts; the rest are backups, first best first."""
+    """The best-ranked hosts first: least connections (and weight) among several, the rest backups.
+
+    With one best host every host is active under `balance first` instead: a retry then avoids the
+    server that failed and takes the next in rank, where a backup would wait for the failed one to
+    be marked down (HAProxy does that in its check task, after the retries have gone)."""
+    ordered = sorted(routes, key=lambda r: (r.drained, r.rank))
+    best = min((r.rank for r in routes if not r.drained), default=None)
+    tiered = sum(1 for r in routes if not r.drained and r.rank == best) > 1
     lines = [
         f"backend {name}",
-        "    balance leastconn",
-        "    option httpchk GET /health",
-        "    http-check expect status 200",
+        f"    balance {'leastconn' if tiered else 'first'}",
         *_returns(503, "overloaded_error", "no host can serve this model now", "{ nbsrv() lt 1 }"),
-        f"    default-server check inter {engine.poll_s:g}s downinter {engine.cooldown_s:g}s"
-        f" fastinter {engine.cooldown_s:g}s rise 1 fall 1 observe layer7 error-limit 1 on-error mark-down",
     ]
-    ordered = sorted(routes, key=lambda r: r.rank)
-    best = ordered[0].rank if ordered else None
-    for route in ordered:
-        weight = 0 if route.drained else route.host.weight  # weight 0: no new requests, in-flight finish
-        backup = " backup" if route.rank != best else ""
-        lines.append(f"    server {route.host.name} unix@{engine.host_socket(route.host)} weight {weight}{backup}")
+    for number, route in enumerate(ordered, start=1):
+        host = route.host
+        place = f"unix@{engine.host_socket(host)} id {number} weight {host.weight}"
+        place += f" track host_{host.name}/{host.name}"
+        if route.drained:  # no new requests; those in flight finish in the worker that took them
+            place += " disabled"
+        elif tiered and route.rank != best:
+            place += " backup"
+        lines.append(f"    server {route.host.name} {place}")
     return [*lines, ""]
 
 
 def _key_hop(engine: Engine, host: Host) -> list[str]:
     """The host's own key and Host header, set on the way to it (clients' keys never reach a host)."""
+    """Its probe and cool-down live here too, once per host, and every model backend tracks them: a
+    failed request (connect error, 5xx, 503 queue full) marks the host down at once, the probe brings
+    it back after gateway.cooldown_s."""
     lines = [
         f"listen host_{host.name}",
         f"    bind unix@{engine.host_socket(host)} mode 600",
         "    retries 0",
+        "    retry-on none",
+        "    option httpchk GET /health",
+        "    http-check expect status 200",
         "    http-request del-header authorization",
         "    http-request del-header x-api-key",
         f"    http-request set-header Host {host.address}",
@@ -197,7 +207,11 @@ def _key_hop(engine: Engine, host: Host) -> list[str]:
             f"    http-request set-header Authorization {_quoted('Bearer ' + host.api_key)}",
             f"    http-request set-header x-api-key {_quoted(host.api_key)}",
         ]
-    return [*lines, f"    server {host.name} {host.address}", ""]
+    check = (
+        f"check inter {engine.poll_s:g}s downinter {engine.cooldown_s:g}s fastinter {engine.cooldown_s:g}s"
+        " rise 1 fall 1 observe layer7 error-limit 1 on-error mark-down"
+    )
+    return [*lines, f"    server {host.name} {host.address} {check}", ""]
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -212,36 +226,44 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 class ServerStats:
     """One host in one backend, from `show stat`."""
 
-    backend: str
+    backend: str  # model_N or anywhere (counters), host_NAME (the host's probe: its status)
     host: str
-    status: str  # UP, DOWN, DRAIN, MAINT, no check ...
+    status: str  # UP, DOWN, MAINT, no check ...
     in_flight: int
     routed: int
     retried: int
 
 
-def stats(stats_socket: Path, timeout_s: float = 3.0) -> list[ServerStats]:
-    """Every server row of every model backend; [] when the engine does not answer."""
+def _command(stats_socket: Path, command: str, timeout_s: float = 3.0) -> str:
+    """One line to HAProxy's runtime API and its answer; '' when it does not answer."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout_s)
             s.connect(str(stats_socket))
-            s.sendall(b"show stat\n")
+            s.sendall(command.encode() + b"\n")
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
     except OSError:
-        return []
-    lines = data.decode(errors="replace").splitlines()
-    if not lines or not lines[0].startswith("# "):
-        return []
+        return ""
+    return data.decode(errors="replace")
+
+
+def stats(stats_socket: Path) -> tuple[int, list[ServerStats]]:
+    """The pid of the worker that answered (counters are per worker: a reload starts new ones) and every
+    server row of every model backend; (0, []) when the engine does not answer."""
+    answer = _command(stats_socket, "show info;show stat")
+    pid = next((int(v) for k, _, v in (x.partition(": ") for x in answer.splitlines()) if k == "Pid"), 0)
+    lines = answer[answer.find("# pxname") :].splitlines() if "# pxname" in answer else []
+    if not lines:
+        return 0, []
     header = lines[0][2:].split(",")
     rows = []
     for line in lines[1:]:
         row = dict(zip(header, line.split(","), strict=False))
         backend = row.get("pxname", "")
         if row.get("svname") in {"FRONTEND", "BACKEND"} or not (
-            backend.startswith("model_") or backend == ANYWHERE
+            backend.startswith(("model_", "host_")) or backend == ANYWHERE
         ):
             continue
         rows.append(
@@ -254,4 +276,17 @@ def stats(stats_socket: Path, timeout_s: float = 3.0) -> list[ServerStats]:
                 int(row.get("wretr") or 0) + int(row.get("wredis") or 0),
             )
         )
-    return rows
+    return pid, rows
+
+
+def set_state(stats_socket: Path, backends: list[str], host: str, state: str) -> None:
+    """`ready` or `maint` for `host` in each backend, at once (maint: in-flight requests finish)."""
+    if backends:
+        _command(stats_socket, ";".join(f"set server {b}/{host} state {state}" for b in backends))
+
+
+def backends(text: str) -> list[str]:
+    """The model backends of a generated configuration."""
+    return [
+        line.split()[1] for line in text.splitlines() if line.startswith("backend ") and CONTROL not in line
+    ]

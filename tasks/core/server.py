@@ -209,7 +209,7 @@ def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status
                 f"a server is already running (pid {found.pid}) at {found.endpoint.url}",
                 "stop it first: inv server.stop (or inv server.restart)",
             )
-        if not _port_free(served.host, served.port):
+        if not port_free(served.host, served.port):
             raise HomelabError(
                 f"port {served.port} on {served.host} is already in use",
                 "pick another with --port, or stop what uses it",
@@ -227,7 +227,7 @@ def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status
             )
         recorded = server_state.record(files, process.pid, command)
     if recorded:
-        problem = _wait_healthy(client_url(served), process, timeout_s)
+        problem = wait_healthy(client_url(served), process, timeout_s)
     elif process.poll() is not None:
         problem = f"the server exited with code {process.returncode}"
     else:
@@ -467,7 +467,7 @@ def _error_message(text: str) -> str:
         return text[:200]
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> str:
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> str:
     """'' once /health answers 200, else why not."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -482,7 +482,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) 
     return f"the server did not become healthy within {timeout_s:g} s"
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
     import socket
 
     try:
