@@ -123,6 +123,7 @@ def config(engine: Engine, hosts: list[Host], routes: dict[str, list[Route]], dr
         "    timeout http-request 60s",
         "    timeout queue 60s",
         "    option http-buffer-request",
+        "    option http-no-delay",  # no MSG_MORE: a streamed token leaves at once, not ~200 ms later
         "    option redispatch 1",
         f"    retries {engine.retries}",
         "    retry-on conn-failure empty-response junk-response response-timeout 500 502 503 504",
