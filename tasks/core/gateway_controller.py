@@ -13,6 +13,7 @@ Run: `python -m tasks.core.gateway_controller PLAN.json` (the plan gateway.start
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -55,6 +56,16 @@ def _poll(host: Host) -> Seen:
     except (OSError, ValueError) as exc:
         return Seen(False, [], f"no answer ({getattr(exc, 'reason', exc)})")
     return Seen(True, [m for m in data if isinstance(m, dict) and "id" in m], "ok")
+
+
+def _die_with_parent() -> None:
+    """HAProxy gets SIGTERM when the controller dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG).
+    Runs in the forked child: prctl is looked up beforehand, in the parent."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
+
+
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 
 class Controller:
@@ -103,7 +114,10 @@ class Controller:
             self.cfg.write_text(text)
             os.chmod(self.cfg, 0o600)
             if self.process is None or self.process.poll() is not None:
-                self.process = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(self.cfg)])
+                self.process = subprocess.Popen(
+                    ["haproxy", "-W", "-db", "-f", str(self.cfg)],
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
             else:
                 self.process.send_signal(signal.SIGUSR2)  # seamless: old workers finish their requests
             self.applied = text

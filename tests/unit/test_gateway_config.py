@@ -48,3 +48,14 @@ def test_keys_are_redacted_unless_revealed() -> None:
     assert all(key in text for key in ("gw-key", "big-key", "nuc-key"))
     shown = haproxy.redact(text, ["gw-key", "big-key", "nuc-key"])
     assert not any(key in shown for key in ("gw-key", "big-key", "nuc-key"))
+
+
+def test_listening_off_loopback_without_a_key_is_refused() -> None:
+    import pytest
+
+    from tasks.core import config, gateway
+    from tasks.core.errors import HomelabError
+
+    with pytest.raises(HomelabError, match="without a key"):
+        gateway.engine(config.load(), host="0.0.0.0")
+    assert gateway.engine(config.load(), host="0.0.0.0", key="k").listen.startswith("0.0.0.0:")
