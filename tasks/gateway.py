@@ -9,9 +9,9 @@ from invoke import Context
 from tasks._task import JSON_HELP, task
 
 _LISTEN_HELP = {
-    "host": "address to listen on (default: gateway.host; off-loopback needs a key)",
-    "port": "port to listen on (default: gateway.port)",
-    "api_key": "key clients must send (default: gateway.api_key); shows in `ps`: prefer gateway.api_key_file",
+    "host": "address to listen on (default: lab_gateway.host; off-loopback needs a key)",
+    "port": "port to listen on (default: lab_gateway.port)",
+    "api_key": "key clients must send (default: lab_gateway.api_key); shows in `ps`: prefer lab_gateway.api_key_file",
 }
 
 
@@ -34,7 +34,7 @@ def start(c: Context, host: str = "", port: int = 0, api_key: str = "") -> None:
 
 @task
 def stop(c: Context) -> None:
-    """Stop the gateway: it stops listening, in-flight requests finish within gateway.stop_grace_s."""
+    """Stop the gateway: it stops listening, in-flight requests finish within lab_gateway.stop_grace_s."""
     from tasks.core import gateway
     from tasks.core.console import say
     from tasks.core.server_state import Running, Stale
@@ -76,7 +76,7 @@ def status(c: Context, json: bool = False) -> None:
     print_table(f"Gateway at {state['listen']} (haproxy)", columns, rows)
 
 
-@task(help={"lines": "lines to show (default: gateway.log_lines)", "follow": "keep printing new lines"})
+@task(help={"lines": "lines to show (default: lab_gateway.log_lines)", "follow": "keep printing new lines"})
 def logs(c: Context, lines: int = 0, follow: bool = False) -> None:
     """Show the gateway's log (state changes and HAProxy's own messages; never a header or a key)."""
     from tasks.core import gateway
@@ -84,7 +84,7 @@ def logs(c: Context, lines: int = 0, follow: bool = False) -> None:
     from tasks.core.console import say
 
     settings = _settings(c)
-    log, count = gateway.files(settings).log, lines or settings.gateway.log_lines
+    log, count = gateway.files(settings).log, lines or settings.lab_gateway.log_lines
     if not log.exists():
         say(f"no log yet at {log} (start the gateway: inv gateway.start)", markup=False)
         return

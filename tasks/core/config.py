@@ -156,7 +156,7 @@ class DoctorSettings(Section):
 
 
 class GatewaySettings(Section):
-    """invoke.yaml's `gateway:` section: one endpoint in front of every host's server."""
+    """invoke.yaml's `lab_gateway:` section: one endpoint in front of every host's server."""
 
     host: str
     port: int = Field(ge=1, le=65535)
@@ -180,7 +180,7 @@ class GatewaySettings(Section):
 class Settings(Section):
     models: ModelsSettings
     server: ServerConfig
-    gateway: GatewaySettings
+    lab_gateway: GatewaySettings  # not `gateway`: Fabric reads that key as its SSH jump host
     hosts: dict[str, HostSettings]
     remote: RemoteSettings
     git: GitSettings

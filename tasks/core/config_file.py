@@ -17,7 +17,7 @@ CONFIG_FILE = PROJECT_ROOT / "invoke.yaml"
 
 _KINDS = {int: "a whole number", float: "a number"}
 # config.Settings' fields
-SECTIONS = ("models", "server", "gateway", "hosts", "remote", "git", "test", "doctor")
+SECTIONS = ("models", "server", "lab_gateway", "hosts", "remote", "git", "test", "doctor")
 
 
 def expand_path(value: str) -> Path:

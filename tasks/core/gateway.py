@@ -1,6 +1,6 @@
 """The gateway: one endpoint for the lab, HAProxy routing to each host's server, our controller beside it.
 
-`start` writes the plan (engine settings and hosts, keys included: mode 600) to gateway.state_dir and
+`start` writes the plan (engine settings and hosts, keys included: mode 600) to lab_gateway.state_dir and
 starts the controller (tasks.core.gateway_controller) detached, which runs HAProxy. The process is
 recorded and stopped as the server's is (tasks.core.server_state, tasks.core.server.stop). `drain`,
 `resume` and `lab_state` talk to the controller's unix socket; with no gateway running they say so and
@@ -30,7 +30,7 @@ CONTROL_TIMEOUT_S = 30.0
 
 
 def files(settings: Settings) -> StateFiles:
-    return StateFiles(settings.gateway.state_dir, "gateway")
+    return StateFiles(settings.lab_gateway.state_dir, "gateway")
 
 
 def _key_safe(key: str, where: str) -> str:
@@ -59,36 +59,38 @@ def hosts(settings: Settings) -> list[Host]:
     return found
 
 
-def gateway_key(gateway: GatewaySettings, key: str = "") -> str:
+def gateway_key(section: GatewaySettings, key: str = "") -> str:
     if key:
         return _key_safe(key, "--api-key")
-    if gateway.api_key and gateway.api_key_file:
-        raise HomelabError("gateway.api_key and gateway.api_key_file are both set", "keep one of them")
+    if section.api_key and section.api_key_file:
+        raise HomelabError(
+            "lab_gateway.api_key and lab_gateway.api_key_file are both set", "keep one of them"
+        )
     found = (
-        server_state.read_key_file(Path(gateway.api_key_file)) if gateway.api_key_file else gateway.api_key
+        server_state.read_key_file(Path(section.api_key_file)) if section.api_key_file else section.api_key
     )
-    return _key_safe(found, "gateway.api_key")
+    return _key_safe(found, "lab_gateway.api_key")
 
 
 def engine(settings: Settings, host: str = "", port: int = 0, key: str = "") -> Engine:
-    """The engine's settings: invoke.yaml's gateway section, flags winning; off loopback needs a key."""
-    gateway = settings.gateway
-    host, port = host or gateway.host, port or gateway.port
-    api_key = gateway_key(gateway, key)
+    """The engine's settings: invoke.yaml's lab_gateway section, flags winning; off loopback needs a key."""
+    section = settings.lab_gateway
+    host, port = host or section.host, port or section.port
+    api_key = gateway_key(section, key)
     if host not in LOOPBACK and not api_key:
         raise HomelabError(
             f"the gateway would listen on {host} without a key",
-            "set gateway.api_key (or api_key_file), or listen on 127.0.0.1",
+            "set lab_gateway.api_key (or api_key_file), or listen on 127.0.0.1",
         )
     return Engine(
         listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         api_key=api_key,
-        state_dir=gateway.state_dir,
-        poll_s=gateway.poll_s,
-        cooldown_s=gateway.cooldown_s,
-        retries=gateway.retries,
-        max_body_bytes=gateway.max_body_mb * 2**20,
-        stop_grace_s=gateway.stop_grace_s,
+        state_dir=section.state_dir,
+        poll_s=section.poll_s,
+        cooldown_s=section.cooldown_s,
+        retries=section.retries,
+        max_body_bytes=section.max_body_mb * 2**20,
+        stop_grace_s=section.stop_grace_s,
     )
 
 
@@ -142,9 +144,11 @@ def start(settings: Settings, engine: Engine) -> str:
             )
         recorded = server_state.record(state, process.pid, command)
     where = url(engine)
-    problem = core.wait_healthy(where, process, settings.gateway.start_timeout_s) if recorded else "it exited"
+    problem = (
+        core.wait_healthy(where, process, settings.lab_gateway.start_timeout_s) if recorded else "it exited"
+    )
     if problem:
-        core.stop(state, settings.gateway.stop_grace_s)
+        core.stop(state, settings.lab_gateway.stop_grace_s)
         raise HomelabError(
             f"the gateway did not start: {problem}; its log ends with:\n{core.tail(state.log, 15)}",
             f"full log: {state.log}",
@@ -153,10 +157,10 @@ def start(settings: Settings, engine: Engine) -> str:
 
 
 def stop(settings: Settings) -> Running | server_state.Stale | None:
-    """SIGTERM: HAProxy stops listening and in-flight requests finish (gateway.stop_grace_s)."""
+    """SIGTERM: HAProxy stops listening and in-flight requests finish (lab_gateway.stop_grace_s)."""
     from tasks.core import server as core
 
-    return core.stop(files(settings), settings.gateway.stop_grace_s)
+    return core.stop(files(settings), settings.lab_gateway.stop_grace_s)
 
 
 def running(settings: Settings) -> bool:
@@ -176,7 +180,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 def _control(settings: Settings, method: str, path: str) -> dict[str, Any]:
     """One request to the running gateway's controller."""
-    connection = _UnixConnection(settings.gateway.state_dir / "control.sock", CONTROL_TIMEOUT_S)
+    connection = _UnixConnection(settings.lab_gateway.state_dir / "control.sock", CONTROL_TIMEOUT_S)
     try:
         connection.request(method, path)
         response = connection.getresponse()

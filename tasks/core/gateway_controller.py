@@ -1,6 +1,6 @@
 """The gateway's controller: the process `inv gateway.start` runs beside HAProxy, and its parent.
 
-HAProxy routes; this keeps its configuration true to the lab. Every gateway.poll_s it reads each host's
+HAProxy routes; this keeps its configuration true to the lab. Every lab_gateway.poll_s it reads each host's
 `/v1/models` (ids, aliases, and whether each model is loaded), regenerates the configuration
 (tasks.core.haproxy) and reloads HAProxy when it changed. It also answers what HAProxy cannot: the union
 of the lab's models at `/v1/models`, the lab's state as JSON at `/gateway/state`, and drain/resume at

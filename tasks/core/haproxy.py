@@ -191,7 +191,7 @@ def _key_hop(engine: Engine, host: Host) -> list[str]:
     """The host's own key and Host header, set on the way to it (clients' keys never reach a host)."""
     """Its probe and cool-down live here too, once per host, and every model backend tracks them: a
     failed request (connect error, 5xx, 503 queue full) marks the host down at once, the probe brings
-    it back after gateway.cooldown_s."""
+    it back after lab_gateway.cooldown_s."""
     lines = [
         f"listen host_{host.name}",
         f"    bind unix@{engine.host_socket(host)} mode 600",

@@ -45,8 +45,8 @@ def through_gateway(servers: list[peers.Served]) -> Iterator[peers.Served]:
         for i, s in enumerate(servers)
     }
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as state:
-        section = base.gateway.model_copy(update={"port": free_port(), "state_dir": Path(state)})
-        settings = base.model_copy(update={"hosts": hosts, "gateway": section})
+        section = base.lab_gateway.model_copy(update={"port": free_port(), "state_dir": Path(state)})
+        settings = base.model_copy(update={"hosts": hosts, "lab_gateway": section})
         url = gateway.start(settings, gateway.engine(settings, key=KEY))
         try:
             yield peers.Served(url, servers[0].model, KEY)

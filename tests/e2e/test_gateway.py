@@ -46,10 +46,10 @@ class Lab:
             for i, (name, s) in enumerate((("a", a), ("b", b)))
         }
         # A long probe interval: a failure is found by a request (and retried), not by the probe first.
-        section = base.gateway.model_copy(
+        section = base.lab_gateway.model_copy(
             update={"port": free_port(), "state_dir": tmp / "gateway", "poll_s": 600.0, "cooldown_s": 1.0}
         )
-        self.settings = base.model_copy(update={"hosts": hosts, "gateway": section})
+        self.settings = base.model_copy(update={"hosts": hosts, "lab_gateway": section})
         self.engine = gateway.engine(self.settings, key=GATEWAY_KEY)
         self.url = gateway.start(self.settings, self.engine)
         self.a, self.b = a, b
@@ -143,7 +143,7 @@ def test_host_keys_stay_out_of_logs_and_config_unless_revealed(lab: Lab) -> None
     for key in (*KEYS.values(), GATEWAY_KEY):
         assert key not in shown and key not in log
         assert key in revealed
-    assert (lab.settings.gateway.state_dir / "haproxy.cfg").stat().st_mode & 0o077 == 0
+    assert (lab.settings.lab_gateway.state_dir / "haproxy.cfg").stat().st_mode & 0o077 == 0
 
 
 def test_drain_then_resume_moves_traffic_off_a_host_and_back(lab: Lab) -> None:
@@ -205,7 +205,7 @@ def test_a_host_killed_mid_run_loses_no_request_and_comes_back(lab: Lab, tmp_pat
 def test_drain_without_a_gateway_is_a_no_op_that_says_so(tmp_path: Path) -> None:
     base = config.load()
     settings = base.model_copy(
-        update={"gateway": base.gateway.model_copy(update={"state_dir": tmp_path / "none"})}
+        update={"lab_gateway": base.lab_gateway.model_copy(update={"state_dir": tmp_path / "none"})}
     )
     assert gateway.drain(settings, "a") == "no gateway running here: nothing to drain for a"
     assert gateway.lab_state(settings) is None
