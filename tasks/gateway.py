@@ -11,7 +11,7 @@ from tasks._task import JSON_HELP, task
 _LISTEN_HELP = {
     "host": "address to listen on (default: lab_gateway.host; off-loopback needs a key)",
     "port": "port to listen on (default: lab_gateway.port)",
-    "api_key": "key clients must send (default: lab_gateway.api_key); shows in `ps`: prefer lab_gateway.api_key_file",
+    "api_key": "key clients must send (default: lab_gateway.api_key); shows in `ps`: prefer its api_key_file",
 }
 
 
