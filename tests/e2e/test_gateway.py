@@ -197,6 +197,7 @@ def test_a_host_killed_mid_run_loses_no_request_and_comes_back(lab: Lab, tmp_pat
         while lab.hosts()["a"]["state"] != "up" and deadline_polls:
             threading.Event().wait(0.1)  # HAProxy's probe, every cooldown_s, is the signal here
             deadline_polls -= 1
+        assert lab.hosts()["a"]["state"] == "up"
         before = lab.hosts()["a"]["routed"]
         assert _ask(lab.openai())
         assert lab.hosts()["a"]["routed"] == before + 1
