@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 extras="server"
-apt_packages=(git)
+apt_packages=(git haproxy)  # haproxy: the engine `inv gateway.start` runs
 dev=false
 if [[ "${1:-}" == "--dev" ]]; then
   dev=true

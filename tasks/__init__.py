@@ -11,9 +11,9 @@ _CHECKOUT = str(Path(__file__).resolve().parent.parent)
 if _CHECKOUT not in sys.path:
     sys.path.append(_CHECKOUT)
 
-from tasks import config, doctor, fleet, git, lint, models, remote, server, test  # noqa: E402 (after sys.path)
+from tasks import config, doctor, fleet, gateway, git, lint, models, remote, server, test  # noqa: E402 (after sys.path)
 from tasks._task import check_env_overrides  # noqa: E402
 
 check_env_overrides()
 
-ns = Collection(models, server, config, git, test, lint, doctor, remote, fleet)
+ns = Collection(models, server, gateway, config, git, test, lint, doctor, remote, fleet)

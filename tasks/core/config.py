@@ -109,8 +109,16 @@ class HostSettings(Section):
     checkout: str = ""
     python: str = ""
     tags: list[str] = []
+    url: str = ""  # the host's server, for the gateway (empty: http://<host>:<server.port>)
+    api_key: str = ""  # the key that server wants (or api_key_file, mode 600)
+    api_key_file: str = ""
+    priority: int = 0  # the gateway sends traffic to the lowest priority that can take it
+    weight: int = Field(default=1, ge=1, le=256)  # share of traffic among hosts of one priority
 
     _names = field_validator("host", "user")(_ssh_name)
+    _key_file = field_validator("api_key_file", mode="before")(
+        lambda v: str(expand_path(str(v))) if v else ""
+    )
 
 
 class RemoteSettings(Section):
@@ -154,9 +162,32 @@ class DoctorSettings(Section):
     _paths = field_validator("state_dir", mode="before")(lambda v: expand_path(str(v)))
 
 
+class GatewaySettings(Section):
+    """invoke.yaml's `lab_gateway:` section: one endpoint in front of every host's server."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    api_key: str
+    api_key_file: str
+    state_dir: Path
+    poll_s: float = Field(gt=0)
+    cooldown_s: float = Field(gt=0)
+    retries: int = Field(ge=0, le=10)
+    max_body_mb: int = Field(ge=1, le=64)
+    start_timeout_s: float = Field(gt=0)
+    stop_grace_s: float = Field(gt=0)
+    log_lines: int = Field(ge=1)
+
+    _paths = field_validator("state_dir", mode="before")(lambda v: expand_path(str(v)))
+    _key_file = field_validator("api_key_file", mode="before")(
+        lambda v: str(expand_path(str(v))) if v else ""
+    )
+
+
 class Settings(Section):
     models: ModelsSettings
     server: ServerConfig
+    lab_gateway: GatewaySettings  # not `gateway`: Fabric reads that key as its SSH jump host
     hosts: dict[str, HostSettings]
     remote: RemoteSettings
     git: GitSettings

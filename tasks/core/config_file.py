@@ -16,7 +16,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILE = PROJECT_ROOT / "invoke.yaml"
 
 _KINDS = {int: "a whole number", float: "a number"}
-SECTIONS = ("models", "server", "hosts", "remote", "git", "test", "doctor")  # config.Settings' fields
+# config.Settings' fields
+SECTIONS = ("models", "server", "lab_gateway", "hosts", "remote", "git", "test", "doctor")
 
 
 def expand_path(value: str) -> Path:

@@ -210,7 +210,7 @@ def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status
                 f"a server is already running (pid {found.pid}) at {found.endpoint.url}",
                 "stop it first: inv server.stop (or inv server.restart)",
             )
-        if not _port_free(served.host, served.port):
+        if not port_free(served.host, served.port):
             raise HomelabError(
                 f"port {served.port} on {served.host} is already in use",
                 "pick another with --port, or stop what uses it",
@@ -228,7 +228,7 @@ def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status
             )
         recorded = server_state.record(files, process.pid, command)
     if recorded:
-        problem = _wait_healthy(client_url(served), process, timeout_s)
+        problem = wait_healthy(client_url(served), process, timeout_s)
     elif process.poll() is not None:
         problem = f"the server exited with code {process.returncode}"
     else:
@@ -309,7 +309,7 @@ def start_managed(files: StateFiles, kind: service.Manager, timeout_s: float) ->
     """Start the installed service through its manager and wait until it answers."""
     service.start(kind)
     url = server_state.served_endpoint(service.settings_file(files))[0].url
-    problem = _wait_healthy(url, None, timeout_s)
+    problem = wait_healthy(url, None, timeout_s)
     pid = service.main_pid(kind)
     if problem or not pid:
         raise HomelabError(
@@ -505,7 +505,7 @@ def _error_message(text: str) -> str:
         return text[:200]
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None, timeout_s: float) -> str:
+def wait_healthy(url: str, process: subprocess.Popen[bytes] | None, timeout_s: float) -> str:
     """'' once /health answers 200, else why not (`process`: ours to watch, None under a manager)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -520,7 +520,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None, timeout_s: 
     return f"the server did not become healthy within {timeout_s:g} s"
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
     import socket
 
     try:
@@ -555,7 +555,7 @@ def run_reloading(
     url = client_url(served)
 
     def healthy(process: subprocess.Popen[bytes], began: float, done: str) -> None:
-        problem = _wait_healthy(url, process, timeout_s)
+        problem = wait_healthy(url, process, timeout_s)
         took = f"{done} in {time.monotonic() - began:.1f} s at {url} (pid {process.pid})"
         on_event(f"not serving: {problem} (fix the code: the next change restarts it)" if problem else took)
 

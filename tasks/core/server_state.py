@@ -31,23 +31,24 @@ EXEC_VISIBLE_S = 10.0  # a started process shows its own command line well withi
 @dataclass(frozen=True)
 class StateFiles:
     folder: Path
+    name: str = "server"  # the gateway's files are "gateway.*" (tasks.core.gateway)
 
     @property
     def pidfile(self) -> Path:
-        return self.folder / "server.pid"
+        return self.folder / f"{self.name}.pid"
 
     @property
     def settings(self) -> Path:
-        """The served settings (inference_server.settings as JSON): what the server was started with."""
-        return self.folder / "server.json"
+        """The settings the process was started with (for the server, inference_server.settings as JSON)."""
+        return self.folder / f"{self.name}.json"
 
     @property
     def log(self) -> Path:
-        return self.folder / "server.log"
+        return self.folder / f"{self.name}.log"
 
     @property
     def lock(self) -> Path:
-        return self.folder / "server.lock"
+        return self.folder / f"{self.name}.lock"
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,8 @@ def start_lock(files: StateFiles) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise HomelabError(
-                f"another server.start is under way here (it holds {files.lock})",
-                "wait for it to finish, then see inv server.status",
+                f"another {files.name}.start is under way here (it holds {files.lock})",
+                f"wait for it to finish, then see inv {files.name}.status",
             ) from None
         yield
     finally:
