@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.core import fleet, remote
+from tasks.core import fleet, gateway, remote
 from tasks.core.config import Settings
 from tasks.core.console import messages
 from tasks.core.errors import HomelabError
@@ -190,6 +190,7 @@ def update_host(
         fleet.PrefixedLines(prefix, messages(), lock),
         fleet.PrefixedLines(prefix, sys.stderr, lock),
     )
+    drained = _drain(settings, host)
     try:
         try:
             _forward(host, plan)
@@ -199,9 +200,21 @@ def update_host(
             server, result = _roll_back(host, plan)
             return outcome(server, result, str(failure))
     finally:
+        if drained:
+            host.say(f"gateway: {gateway.resume(settings, host.target.name)}")
         host.connection.close()
         host.out.close()
         host.err.close()
+
+
+def _drain(settings: Settings, host: _Host) -> bool:
+    """Take the host out of a running gateway's routing (its in-flight requests finish: the restart's
+    graceful stop waits for them); False when no gateway runs here or it does not route to the host."""
+    state = gateway.lab_state(settings)
+    if state is None or host.target.name not in {h["name"] for h in state["hosts"]}:
+        return False
+    host.say(f"gateway: {gateway.drain(settings, host.target.name)}")
+    return True
 
 
 def _forward(host: _Host, plan: HostPlan) -> None:

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.core import gateway
 from tests.fixtures.gitrepos import commit, git
 from tests.fixtures.sshd import USER, Lab, cli, copy_checkout
+from tests.ports import free_port
 
 HOSTS = ("a", "b", "c")
 
@@ -148,3 +150,29 @@ def test_dry_run_shows_the_bootstrap_and_refuses_a_dirty_checkout(
     refusal = f"error: 1 of 2 hosts cannot take {commits['deps'][:7]}: nothing was changed"
     assert said.strip().endswith(f"{refusal} — see the plan above")
     assert head(deploy_lab, "a") == head(deploy_lab, "b") == commits["base"]
+
+
+@pytest.mark.skipif(not gateway._have_haproxy(), reason="haproxy is not installed")
+def test_a_gateway_in_front_drains_the_host_being_updated(
+    deploy_lab: Path, upstream: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """While a host is updated the gateway routes nothing to it; afterwards it takes requests again."""
+    start_server(deploy_lab, "a")
+    shown = cli("fab", deploy_lab, "-H", "a", "server.status", "--json")
+    settings = yaml.safe_load(deploy_lab.read_text())
+    settings["hosts"]["a"]["url"] = json.loads(shown.stdout)["rows"][0]["url"]
+    settings["lab_gateway"] = {"port": free_port(), "state_dir": str(tmp_path / "gateway"), "poll_s": 600}
+    deploy_lab.write_text(yaml.safe_dump(settings))
+    started = cli("inv", deploy_lab, "gateway.start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        code, rows, said = deploy(deploy_lab, "--rev", "good", "--hosts", "a")
+        assert code == 0 and rows["a"]["result"] == "updated", said
+        drained, resumed = [line for line in said.splitlines() if "gateway: a: " in line]
+        assert drained.endswith("gateway: a: drained (0 requests in flight)"), said
+        assert "drained" not in resumed, said
+        status = cli("inv", deploy_lab, "gateway.status", "--json")
+        hosts = {row["host"]: row for row in json.loads(status.stdout)["rows"]}
+        assert hosts["a"]["state"] != "drained", status.stdout
+    finally:
+        cli("inv", deploy_lab, "gateway.stop")
