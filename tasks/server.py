@@ -23,6 +23,8 @@ _SERVE_HELP = {
     "models": "catalog names this server may serve, comma-separated (default: server.models)",
     "alias": "PATTERN[=MODEL]: another name (fnmatch) for a model (default: server.model); repeatable,"
     " replaces server.model_aliases",
+    "rpc": "hosts (inventory names, comma-separated) whose rpc-server takes a share of the model's "
+    "layers, over SSH (default: server.rpc_hosts)",
 }
 
 
@@ -39,6 +41,7 @@ def _serve_flags(
     queue_size: int = -1,
     models: str = "",
     alias: list[str] | None = None,
+    rpc: str = "",
 ) -> None:
     """The flags start, restart and run share, declared once: `_serving` gives each task this
     signature (what invoke parses and `--help` shows) and the task body takes them as **flags."""
@@ -68,7 +71,8 @@ def _served(settings: Any, flags: dict[str, Any]) -> Any:
 def start(c: Context, **flags: Any) -> None:
     """Start the server in the background and wait until it answers."""
     settings, files = _state(c)
-    _start(settings, files, _served(settings, flags))
+    hosts = _rpc_hosts(settings, flags.pop("rpc", ""))
+    _start(c, settings, files, _served(settings, flags), hosts)
 
 
 @task
@@ -84,17 +88,26 @@ def restart(c: Context, **flags: Any) -> None:
 
     The new settings are checked first, so a bad flag leaves the running server alone."""
     settings, files = _state(c)
+    hosts = _rpc_hosts(settings, flags.pop("rpc", ""))
     served = _served(settings, flags)
     _stop(settings, files)
-    _start(settings, files, served)
+    _start(c, settings, files, served, hosts)
 
 
-def _start(settings: Any, files: Any, served: Any) -> None:
+def _rpc_hosts(settings: Any, rpc: str) -> list[str]:
+    return [h.strip() for h in rpc.split(",") if h.strip()] if rpc else settings.server.rpc_hosts
+
+
+def _start(c: Context, settings: Any, files: Any, served: Any, hosts: list[str]) -> None:
     from tasks.core import server as core
     from tasks.core.console import console, say
 
-    with console().status(f"Loading {served.default_model}…"):
-        running = core.start(served, files, settings.server.start_timeout_s)
+    if hosts:  # the tunnel keeper is forked before the spinner's thread starts
+        say(f"Starting rpc-server on {', '.join(hosts)} (SSH tunnels)…")
+        running = core.start_split(served, files, settings.server.start_timeout_s, hosts, c.config, settings)
+    else:
+        with console().status(f"Loading {served.default_model}…"):
+            running = core.start(served, files, settings.server.start_timeout_s)
     say(f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid})")
 
 
@@ -135,6 +148,26 @@ def status(c: Context, json: bool = False) -> None:
     uptime = time.strftime("%H:%M:%S", time.gmtime(time.time() - found.started))
     rows = [(found.pid, uptime, found.model, found.engine, found.url, found.health)]
     print_table("Inference server", ["pid", "uptime", "model", "engine", "url", "health"], rows)
+    _print_helpers(_state(c)[1])
+
+
+def _print_helpers(files: Any) -> None:
+    """The RPC helpers' table, when the server's model is split over some."""
+    from tasks.core import rpc
+    from tasks.core.catalog import describe_size
+    from tasks.core.console import print_table
+    from tasks.core.errors import HomelabError
+
+    tunnels = rpc.running(files.folder)
+    if tunnels is None:
+        return
+    try:
+        helpers = rpc.helper_figures(tunnels)
+        state = "ok"
+    except HomelabError as exc:
+        helpers, state = tunnels.helpers, exc.message
+    rows = [(h.host, h.pid, h.port, h.local, describe_size(h.sent_bytes), state) for h in helpers]
+    print_table("RPC helpers", ["host", "rpc-server pid", "port there", "tunnel here", "sent", "state"], rows)
 
 
 @task(help={"all": "also list the models that are not loaded", "json": JSON_HELP})
@@ -148,7 +181,7 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
     if not listed:
         say("no model loaded (a request loads one: inv server.load NAME)")
         return
-    rows = [
+    rows: list[tuple[Any, ...]] = [
         (
             m.name + (" (default)" if m.default else ""),
             m.engine,
@@ -163,6 +196,9 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
         for m in listed
     ]
     columns = ["model", "engine", "state", "memory", "estimate", "context", "slots", "busy", "until"]
+    if any(m.devices for m in listed):  # a model split over RPC helpers: where its layers are
+        columns.append("devices")
+        rows = [(*row, m.devices) for row, m in zip(rows, listed, strict=True)]
     print_table("Models", columns, rows)
 
 
@@ -227,7 +263,12 @@ def logs(c: Context, follow: bool = False, lines: int = 0) -> None:
 def run(c: Context, **flags: Any) -> None:
     """Run the server in the foreground (Ctrl-C stops it); logs go to the terminal."""
     from inference_server.__main__ import serve
+    from tasks.core.errors import HomelabError
 
+    if flags.pop("rpc", ""):
+        raise HomelabError(
+            "server.run serves from this host only", "split a model with inv server.start --rpc"
+        )
     serve(_served(_state(c)[0], flags))
 
 
@@ -317,3 +358,13 @@ def claude(c: Context, print_only: bool = False) -> None:
             say("# `claude` is not installed: npm install -g @anthropic-ai/claude-code", markup=False)
         return
     claude_code.launch(program, env)
+
+
+@task(name="rpc-helper")
+def rpc_helper(c: Context) -> None:
+    """Become llama.cpp's rpc-server on a free port of 127.0.0.1 (server.start --rpc runs it over SSH).
+
+    Its weight cache (-c) lives in server.state_dir, so a second start does not resend the weights."""
+    from tasks.core import rpc
+
+    rpc.exec_helper(_state(c)[1].folder)

@@ -88,6 +88,8 @@ def served_settings(
                 "api_key": server_state.api_key(settings.server, flags.get("api_key", ""), api_key_file),
                 "memory_budget_bytes": config.memory_budget_mb * MIB or memory.default_budget_bytes(),
                 "manage_command": manage_command or MANAGE_COMMAND,
+                "rpc_servers": [],  # the tunnels' ends, once open (tasks.core.rpc)
+                "rpc_watch": "",
             }
         )
     except ValidationError as exc:
@@ -247,6 +249,32 @@ def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status
     return started
 
 
+def start_split(
+    served: ServerSettings,
+    files: StateFiles,
+    timeout_s: float,
+    hosts: list[str],
+    config: Any,
+    settings: Settings,
+) -> Status:
+    """`start`, with the model's layers shared by the rpc-servers of `hosts` (tasks.core.rpc): the
+    tunnels open first, and close again if the server does not start."""
+    from tasks.core import rpc
+
+    if not hosts:
+        return start(served, files, timeout_s)
+    tunnels = rpc.open_tunnels(config, settings, hosts, files.folder)
+    try:
+        return start(
+            served.model_copy(update={"rpc_servers": tunnels.endpoints, "rpc_watch": tunnels.watch}),
+            files,
+            timeout_s,
+        )
+    except BaseException:
+        rpc.close_tunnels(files.folder)
+        raise
+
+
 def stop(files: StateFiles, grace_s: float) -> Running | Stale | None:
     """SIGTERM, then SIGKILL after the grace (plus the engine's shutdown), to the process the pidfile
     records and only if it is still that process; what was found (a stale pidfile is just removed).
@@ -265,6 +293,9 @@ def stop(files: StateFiles, grace_s: float) -> Running | Stale | None:
                 time.sleep(0.05)
     if found is not None:
         server_state.forget(files)
+    from tasks.core import rpc
+
+    rpc.close_tunnels(files.folder)  # after the server: its RPC sockets must not break under it
     return found
 
 
@@ -338,6 +369,7 @@ class LoadedModel:
     estimate_bytes: int
     resident_bytes: int
     expires_in_s: float | None  # None: not loaded, busy, pinned or kept forever
+    devices: str  # where a model split over RPC helpers sits ("" on one host)
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> LoadedModel:
@@ -354,6 +386,7 @@ class LoadedModel:
             int(estimate.get("total_bytes", 0)),
             row["resident_bytes"],
             row["expires_in_s"],
+            row.get("devices", ""),
         )
 
 
