@@ -72,7 +72,7 @@ def start(c: Context, **flags: Any) -> None:
     """Start the server in the background and wait until it answers."""
     settings, files = _state(c)
     hosts = _rpc_hosts(settings, flags.pop("rpc", ""))
-    _start(c, settings, files, _served(settings, flags), hosts)
+    _start(c, settings, files, _served(settings, {**flags, "rpc_helpers": len(hosts)}), hosts)
 
 
 @task
@@ -89,7 +89,7 @@ def restart(c: Context, **flags: Any) -> None:
     The new settings are checked first, so a bad flag leaves the running server alone."""
     settings, files = _state(c)
     hosts = _rpc_hosts(settings, flags.pop("rpc", ""))
-    served = _served(settings, flags)
+    served = _served(settings, {**flags, "rpc_helpers": len(hosts)})
     _stop(settings, files)
     _start(c, settings, files, served, hosts)
 

@@ -83,6 +83,11 @@ def layer_split(n_layer: int, helpers: int) -> int:
     return n_layer // (helpers + 1) * helpers + 1 if helpers else 0
 
 
+def helpers_share(helpers: int) -> float:
+    """About what part of a model's layers the helpers hold under `layer_split`."""
+    return helpers / (helpers + 1)
+
+
 @dataclass
 class Placement:
     """Where llama.cpp put the model, as its load log says: layers and weight bytes per device."""

@@ -62,7 +62,8 @@ def exec_helper(state_dir: Path) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LLAMA_CACHE": str(state_dir / "rpc-cache")}
     print(f"{STARTED} {os.getpid()} {port}", flush=True)
-    os.execve(binary, [str(binary), "-H", "127.0.0.1", "-p", str(port), "-c"], env)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.execve(binary, [str(binary), "-H", "127.0.0.1", "-p", str(port), "-t", str(threads), "-c"], env)
 
 
 @dataclass

@@ -52,6 +52,7 @@ def served_settings(
     models: str = "",
     alias: list[str] | None = None,
     manage_command: list[str] | None = None,
+    rpc_helpers: int = 0,
     **flags: Any,
 ) -> ServerSettings:
     """The server's settings: invoke.yaml's `server:` section, with every non-empty flag winning.
@@ -59,7 +60,8 @@ def served_settings(
     The fields both share are taken over by name; the models (each with its files, format and
     context, capped by the model's own), the aliases, the key and the memory budget are worked out
     here. `models` ("a,b") and `alias` ("PATTERN[=MODEL]", repeatable) replace the configured lists.
-    `manage_command` is how the server runs this checkout's tasks (default: its own `inv`)."""
+    `manage_command` is how the server runs this checkout's tasks (default: its own `inv`); the fit
+    counts `rpc_helpers` helpers' share of the layers as theirs (their endpoints come later)."""
     given = {k: v for k, v in flags.items() if _given(k, v)}
     try:  # validated again, so a flag is held to its setting's rules (a keep_alive of "5m", say)
         config = ServerConfig.model_validate({**settings.server.model_dump(), **given})
@@ -103,7 +105,8 @@ def served_settings(
         )
     from inference_server import pool  # FastAPI and the engines' tables: only starting needs them
 
-    need = pool.footprint(served.default, served)
+    tunnels = ["127.0.0.1:0"] * rpc_helpers  # stand-ins for the endpoints: only their number counts
+    need = pool.footprint(served.default, served.model_copy(update={"rpc_servers": tunnels}))
     if need.bytes > served.memory_budget_bytes:
         raise HomelabError(need.too_big(default.name, served.memory_budget_bytes))
     return served

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tasks.core import rpc
-from tests.fixtures.sshd import ROOT, USER, Lab, cli, start_lab
+from tests.fixtures.sshd import USER, Lab, cli, share_rpc_server, start_lab
 from tests.ports import free_port
 
 KEY = "test-key"
@@ -25,33 +25,20 @@ PROMPTS = ["Name three colours.", "What is 2 + 2?"]
 @pytest.fixture(scope="module")
 def helpers() -> Iterator[Lab]:
     """Two sshd hosts whose checkouts share this checkout's rpc-server build."""
-    binary = rpc.rpc_server_binary(ROOT)
-    if not binary.exists():
-        pytest.fail(f"no rpc-server at {binary}: bash bootstrap.sh builds it")
     lab = start_lab(["h1", "h2"])
-    for host in lab.hosts.values():
-        (host.checkout / ".tools").mkdir(exist_ok=True)
-        (host.checkout / binary.relative_to(ROOT).parents[1]).symlink_to(binary.parents[1])
-    yield lab
-    lab.stop()
+    try:
+        share_rpc_server(lab)
+        yield lab
+    finally:
+        lab.stop()
 
 
 @pytest.fixture
 def lab_yaml(helpers: Lab, tmp_path: Path) -> Path:
     """The lab as inventory (plus a host nobody answers for), and this host's server on a free port."""
-    path = helpers.write_config(
-        tmp_path / "lab.yaml", extra_hosts={"gone": {"host": "127.0.0.1", "port": free_port(), "user": USER}}
-    )
-    overlay = yaml.safe_load(path.read_text())
-    overlay["server"] = {
-        "state_dir": str(tmp_path / "state"),
-        "port": free_port(),
-        "api_key": KEY,
-        "context_size": 1024,
-        "slots": 1,
-    }
-    path.write_text(yaml.safe_dump(overlay))
-    return path
+    gone = {"gone": {"host": "127.0.0.1", "port": free_port(), "user": USER}}
+    server = {"state_dir": str(tmp_path / "state"), "port": free_port(), "api_key": KEY}
+    return helpers.write_config(tmp_path / "lab.yaml", gone, server | {"context_size": 1024, "slots": 1})
 
 
 def served_url(lab_yaml: Path) -> str:
