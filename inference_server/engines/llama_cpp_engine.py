@@ -221,13 +221,14 @@ class LlamaCppEngine:
         if self._thread is not None:
             raise EngineError("engine already started")
         os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)  # read when llama.cpp's OpenMP loads
+        watch = self._open_watch() if self.rpc_watch else None
         self._thread = threading.Thread(target=self._run, name="llama-cpp-engine", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._failure is not None:
             raise EngineError(f"cannot load {self.model_path.name}: {self._failure}")
-        if self.rpc_watch:
-            threading.Thread(target=self._watch, name="rpc-watch", daemon=True).start()
+        if watch is not None:
+            threading.Thread(target=self._watch, args=(watch,), name="rpc-watch", daemon=True).start()
 
     def healthy(self) -> bool:
         return (
@@ -346,15 +347,28 @@ class LlamaCppEngine:
                 self._live.add(request)
             self._inbox.put(request)
 
-    def _watch(self) -> None:
+    def _open_watch(self) -> Any:
+        """The RPC keeper's watch socket, once it says its helpers are all there ("ok"); loading with a
+        lost one would abort the process inside llama.cpp, so that is refused here."""
+        import socket
+
+        watch = socket.socket(socket.AF_UNIX)
+        try:
+            watch.connect(self.rpc_watch)
+            said = watch.makefile().readline().strip()
+        except OSError as exc:
+            said = f"the RPC helpers' tunnel keeper is gone ({exc})"
+        if said != "ok":
+            watch.close()
+            raise EngineError(f"an RPC helper is lost: {said or 'the tunnel keeper stopped'}")
+        return watch
+
+    def _watch(self, watch: Any) -> None:
         """Block on the RPC keeper's socket; when it speaks or closes, a helper is lost: refuse new
         requests and end the streams in flight with its reason, without waiting for the worker
         (a decode on a lost helper never returns)."""
-        import socket
-
         try:
-            with socket.socket(socket.AF_UNIX) as watch:
-                watch.connect(self.rpc_watch)
+            with watch:
                 said = watch.makefile().readline().strip()
         except OSError as exc:
             said = f"cannot watch the RPC helpers ({exc})"

@@ -100,13 +100,22 @@ class Placement:
             if (found := _ASSIGNED.search(line)) is not None:
                 self.layers[found["dev"]] = self.layers.get(found["dev"], 0) + 1
             elif (found := _BUFFER.search(line)) is not None:
-                device = found["dev"].split("[")[0].removesuffix("_Mapped").removesuffix("_REPACK")
+                device = _device_of(found["buffer"])
                 size = int(float(found["mib"]) * 2**20)
                 self.weight_bytes[device] = self.weight_bytes.get(device, 0) + size
 
 
 _ASSIGNED = re.compile(r"layer +\d+ assigned to device (?P<dev>\S+),")
-_BUFFER = re.compile(r"load_tensors: +(?P<dev>\S+) model buffer size = +(?P<mib>[\d.]+) MiB")
+_BUFFER = re.compile(r"load_tensors: +(?P<buffer>\S+) model buffer size = +(?P<mib>[\d.]+) MiB")
+_RPC_BUFFER = re.compile(r"RPC(?P<index>\d+)\[(?P<endpoint>[^\]]+)\]")
+
+
+def _device_of(buffer: str) -> str:
+    """The device a weight buffer is on: an RPC buffer is named by its index on its server
+    ("RPC0[127.0.0.1:5000]"), a device by its index in the process ("RPC1"); CPU_Mapped is the CPU."""
+    if (rpc := _RPC_BUFFER.fullmatch(buffer)) is not None and rpc["endpoint"] in _registered:
+        return _registered[rpc["endpoint"]][int(rpc["index"])]
+    return buffer.split("_")[0]
 
 
 @contextmanager

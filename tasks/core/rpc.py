@@ -17,6 +17,7 @@ the forwards are never closed under it while the server lives).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # remote imports paramiko: only opening tunnels needs it, not
 
 READY_TIMEOUT_S = 60.0  # a helper's `inv` and rpc-server starting, and the first probe through it
 STARTED = "rpc-server started"  # the helper's line before it becomes rpc-server: pid and port follow
+OK = "ok"  # the watch socket's first line while every helper is there (else why one is not)
 STATS = "stats"  # asked on the watch socket: the helpers with their byte counts, as JSON
 
 
@@ -131,7 +133,10 @@ def helper_figures(tunnels: Tunnels) -> list[Helper]:
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(tunnels.watch)
         conn.sendall(f"{STATS}\n".encode())
-        answer = conn.makefile().readline()
+        lines = conn.makefile()
+        answer = lines.readline()
+        if answer.strip() == OK:
+            answer = lines.readline()
     if not answer.startswith("["):
         raise HomelabError(f"the RPC helpers are lost: {answer.strip() or 'the keeper stopped'}")
     return [Helper(**h) for h in json.loads(answer)]
@@ -204,6 +209,7 @@ def _keep(config: Any, settings: Settings, targets: list[remote.Target], watch: 
                     conn.close()
                     continue
                 watchers.append(conn)
+                conn.sendall(f"{OK}\n".encode())
             threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     def answer(conn: socket.socket) -> None:
@@ -222,7 +228,8 @@ def _keep(config: Any, settings: Settings, targets: list[remote.Target], watch: 
             if not lost:
                 lost.append(reason)
             for conn in watchers:
-                conn.sendall(f"{lost[0]}\n".encode())
+                with contextlib.suppress(OSError):  # a watcher that went away needs no telling
+                    conn.sendall(f"{lost[0]}\n".encode())
                 conn.close()
             watchers.clear()
 
