@@ -848,19 +848,15 @@ class _Worker:
 
     def _split(self, model_params: Any) -> int:
         """With RPC helpers (registered here, once): `model_params` set for an even share of the layers
-        on each and the rest on this host; how many helper devices. The layer count comes from a
-        vocab-only load."""
+        on each and the rest on this host; how many helper devices."""
         from inference_server.engines import rpc
 
         names = rpc.add_servers(self.engine.rpc_servers)
         if names:
-            probe = self.ll.llama_model_default_params()
-            probe.vocab_only = True
-            header = self.ll.llama_model_load_from_file(str(self.engine.model_path).encode(), probe)
-            if not header:
-                raise EngineError(f"{self.engine.model_path}: not a loadable GGUF model")
-            n_layer = self.ll.llama_model_n_layer(header)
-            self.ll.llama_model_free(header)
+            from inference_server.engines.memory import read_gguf_metadata
+
+            meta = read_gguf_metadata(self.engine.model_path)
+            n_layer = int(meta[f"{meta['general.architecture']}.block_count"])
             model_params.n_gpu_layers = rpc.layer_split(n_layer, len(names))
             self.tensor_split = (ctypes.c_float * self.ll.llama_max_devices())(*([1.0] * len(names)))
             model_params.tensor_split = self.tensor_split

@@ -319,12 +319,16 @@ def _forward(transport: Any, helper: Helper) -> str:
 
 
 def _pump(source: Any, sink: Any, counted: Helper | None) -> None:
-    """Copy until the source ends. The sink is left open: closing the server's end of a forward under
-    llama.cpp would abort the server; the watch socket tells it instead."""
-    while data := source.recv(1 << 20):
-        sink.sendall(data)
-        if counted is not None:
-            counted.sent_bytes += len(data)
+    """Copy until the source ends. The server closing its end closes the tunnel (rpc-server serves one
+    client at a time: it must see the end); the tunnel ending leaves the server's end open, since
+    closing it under llama.cpp would abort the server (the watch socket tells it instead)."""
+    with contextlib.suppress(OSError, EOFError):
+        while data := source.recv(1 << 20):
+            sink.sendall(data)
+            if counted is not None:
+                counted.sent_bytes += len(data)
+    if counted is not None:  # the source was the server's end
+        sink.close()
 
 
 def _await_exit(helper: Helper, channel: Any, lose: Callable[[str], None]) -> None:
