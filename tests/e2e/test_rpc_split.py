@@ -14,7 +14,7 @@ import psutil
 import pytest
 import yaml
 
-from tasks.core import rpc
+from tasks.core import rpc, server_state
 from tests.fixtures.sshd import USER, Lab, cli, share_rpc_server, start_lab
 from tests.ports import free_port
 
@@ -73,7 +73,9 @@ def state_dir(lab_yaml: Path) -> Path:
 
 
 def server_pid(lab_yaml: Path) -> int:
-    return int((state_dir(lab_yaml) / "server.pid").read_text().split()[0])
+    found = server_state.look(server_state.StateFiles(state_dir(lab_yaml)))
+    assert isinstance(found, server_state.Running)
+    return found.pid
 
 
 def tunnels(lab_yaml: Path) -> rpc.Tunnels:
@@ -91,7 +93,7 @@ def listening(pids: list[int]) -> list[str]:
     """Every address these processes listen on."""
     found = []
     for pid in pids:
-        for conn in psutil.Process(pid).net_connections(kind="inet"):
+        for conn in psutil.Process(pid).connections(kind="inet"):
             if conn.status == psutil.CONN_LISTEN:
                 found.append(conn.laddr.ip)
     return found
@@ -124,8 +126,8 @@ def test_split_model_answers_as_the_local_one_with_layers_on_each_helper(
     finally:
         stop(lab_yaml)
     assert rpc.running(state_dir(lab_yaml)) is None
-    for host in helpers.hosts.values():
-        assert list((host.folder / "state" / "rpc-cache" / "rpc").iterdir())  # rpc-server -c wrote it
+    # rpc-server -c keeps tensors over 10 MB: the helper holding the output layer has one
+    assert any(list((h.folder / "state" / "rpc-cache" / "rpc").iterdir()) for h in helpers.hosts.values())
     start(lab_yaml, "--rpc", "h1,h2")
     try:
         again = rpc.helper_figures(tunnels(lab_yaml))
