@@ -254,6 +254,9 @@ def _start_helper(config: Any, settings: Settings, target: remote.Target) -> tup
         connection.open()
         transport = connection.client.get_transport()
         transport.set_keepalive(2)  # a dropped network shows as a dropped connection within seconds
+        # RPC is request and answer, a few per token: Nagle's algorithm would hold each small message
+        # back for the last one's ACK (tens of ms a token)
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = transport.open_session()
         channel.get_pty()
         channel.exec_command(remote.invoke_command(target, "server.rpc-helper", []))
