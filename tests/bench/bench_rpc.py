@@ -54,7 +54,8 @@ class Figures:
 def measure(url: str, opener: str) -> Figures:
     """One decode and one prefill through the OpenAI API."""
     headers = {"Authorization": f"Bearer {KEY}"}
-    body = {"model": "smollm2", "prompt": "Once upon a time, in a small village by the sea,", "temperature": 0}
+    story = "Once upon a time, in a small village by the sea,"
+    body = {"model": "smollm2", "prompt": story, "temperature": 0}
     body |= {"max_tokens": DECODE_TOKENS, "stream": True, "stream_options": {"include_usage": True}}
     stamps: list[float] = []
     with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=headers, timeout=600) as answer:
