@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 
 extras="server"
 apt_packages=(git haproxy)  # haproxy: the engine `inv gateway.start` runs
+[[ "$(uname -s)" != "Darwin" ]] && apt_packages+=(cmake g++)  # llama.cpp builds
 dev=false
 if [[ "${1:-}" == "--dev" ]]; then
   dev=true
@@ -38,13 +39,40 @@ python=${PYTHON:-python3}
 
 # llama.cpp built without native CPU tuning: a native build on VMs whose CPU reports AMX segfaults on
 # the first decode (ggml_backend_amx_mul_mat), and the portable AVX2 build measured faster anyway.
-# Apple Silicon keeps the default build (Metal).
-if [[ "$(uname -s)" != "Darwin" ]]; then
-  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
-  if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit('AMX' in llama_cpp.llama_print_system_info().decode())" 2>/dev/null; then
-    echo "==> building llama-cpp-python (portable AVX2 build; a few minutes)"
-    .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
-  fi
+# Apple Silicon keeps the default build (Metal). Both with the RPC backend (GGML_RPC), so a model can
+# be split across hosts (inv server.start --rpc): rebuilt when the installed one lacks it.
+llama_cpp_version=0.3.36
+cpu_flags=""
+[[ "$(uname -s)" != "Darwin" ]] && cpu_flags="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+export CMAKE_ARGS="${CMAKE_ARGS:-$cpu_flags} -DGGML_RPC=ON"
+if ! .venv/bin/python - 2>/dev/null <<'PY'
+import ctypes, sys
+import llama_cpp
+from llama_cpp import llama_cpp as binding
+find = binding._lib.ggml_backend_reg_by_name
+find.restype, find.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
+sys.exit("AMX" in llama_cpp.llama_print_system_info().decode() or not find(b"RPC"))
+PY
+then
+  echo "==> building llama-cpp-python $llama_cpp_version (portable build with RPC; a few minutes)"
+  .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$llama_cpp_version"
+fi
+
+# rpc-server from the very llama.cpp that llama-cpp-python vendors (its sdist carries it), so every
+# host speaks the same RPC protocol version; only its target is built (ggml, the CPU backend, RPC).
+rpc_server=.tools/llama.cpp-$llama_cpp_version/bin/rpc-server
+if [[ ! -x "$rpc_server" ]] && command -v cmake >/dev/null 2>&1; then
+  echo "==> building rpc-server from llama-cpp-python $llama_cpp_version's llama.cpp"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  .venv/bin/python -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$llama_cpp_version" -d "$work"
+  tar -xzf "$work/llama_cpp_python-$llama_cpp_version.tar.gz" -C "$work"
+  # shellcheck disable=SC2086  # CMAKE_ARGS is a list of flags
+  cmake -S "$work/llama_cpp_python-$llama_cpp_version/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=OFF $CMAKE_ARGS >/dev/null
+  cmake --build "$work/build" --target ggml-rpc-server -j "$(getconf _NPROCESSORS_ONLN)" >/dev/null
+  install -D -m 755 "$work/build/bin/ggml-rpc-server" "$rpc_server"
 fi
 
 echo "==> installing llm-homelab[$extras]"

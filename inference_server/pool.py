@@ -46,6 +46,7 @@ class Footprint:
     prefix_cache: int
     embedding: int  # the embedding context, made on the first embedding request
     bytes: int
+    on_helpers: int = 0  # the weights and KV cache of the layers RPC helpers hold, not counted here
 
     def too_big(self, name: str, room: int, beside_pinned: bool = False) -> str:
         """The one line that refuses a model that cannot fit, with the numbers and the fixes."""
@@ -53,6 +54,7 @@ class Footprint:
             f"weights {_mb(self.estimate.weights)} + KV cache {_mb(self.estimate.kv_cache)} + "
             f"compute {_mb(self.estimate.compute)} + prefix cache {_mb(self.prefix_cache)} + "
             f"embedding context {_mb(self.embedding)}"
+            + (f" - on the RPC helpers {_mb(self.on_helpers)}" if self.on_helpers else "")
             if self.estimate
             else "its files"
         )
@@ -80,8 +82,13 @@ def footprint(spec: ModelSpec, settings: ServerSettings) -> Footprint:
 
         extra = memory.estimate(spec.path, spec.format, min(spec.context_size, EMBED_TOKENS), EMBED_SEQS)
         embedding = extra.kv_cache + extra.compute
-    total = (estimate.total if estimate else _size(spec)) + prefix + embedding
-    return Footprint(estimate, prefix, embedding, total)
+    on_helpers = 0
+    if llama and estimate is not None and settings.rpc_servers:  # their share of the layers is theirs
+        from inference_server.engines.rpc import helpers_share
+
+        on_helpers = int((estimate.weights + estimate.kv_cache) * helpers_share(len(settings.rpc_servers)))
+    total = (estimate.total if estimate else _size(spec)) + prefix + embedding - on_helpers
+    return Footprint(estimate, prefix, embedding, total, on_helpers)
 
 
 @dataclass

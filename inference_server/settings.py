@@ -67,6 +67,13 @@ class ServerSettings(_Frozen):
     )
     stop_grace_s: float = Field(gt=0)
     ui_prompt_text: bool = Field(description="the dashboard's recent requests show each prompt's text")
+    rpc_servers: list[str] = Field(
+        description="host:port of llama.cpp rpc-servers (the local ends of SSH tunnels) that take a "
+        "share of each GGUF model's layers; loopback only"
+    )
+    rpc_watch: str = Field(
+        description="unix socket of the tunnel keeper, which closes it when a helper is lost ('' none)"
+    )
     manage_command: list[str] = Field(
         description="runs one of the project's tasks (Ollama's /api/pull and /api/delete): the command "
         "line before the task's name, e.g. [python, -m, invoke, --search-root, CHECKOUT]"
@@ -79,6 +86,10 @@ class ServerSettings(_Frozen):
                 f"refusing to listen on {self.host} without an API key: set server.api_key "
                 "(or bind 127.0.0.1)"
             )
+        for endpoint in self.rpc_servers:
+            host, _, port = endpoint.rpartition(":")
+            if not (is_loopback(host) and port.isdigit()):
+                raise ValueError(f"rpc_servers: {endpoint} is not a loopback host:port (tunnel it over SSH)")
         names = [spec.name for spec in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: a name appears twice in {names}")

@@ -24,6 +24,8 @@ _SERVE_HELP = {
     "models": "catalog names this server may serve, comma-separated (default: server.models)",
     "alias": "PATTERN[=MODEL]: another name (fnmatch) for a model (default: server.model); repeatable,"
     " replaces server.model_aliases",
+    "rpc": "hosts (inventory names, comma-separated) whose rpc-server takes a share of the model's "
+    "layers, over SSH (default: server.rpc_hosts)",
 }
 
 
@@ -40,6 +42,7 @@ def _serve_flags(
     queue_size: int = -1,
     models: str = "",
     alias: list[str] | None = None,
+    rpc: str = "",
 ) -> None:
     """The flags start, restart and run share, declared once: `_serving` gives each task this
     signature (what invoke parses and `--help` shows) and the task body takes them as **flags."""
@@ -80,7 +83,7 @@ def start(c: Context, **flags: Any) -> None:
 
     With the service installed (server.install-service), systemd or launchd starts it."""
     settings, files = _state(c)
-    _start(settings, files, flags)
+    _start(c, settings, files, flags)
 
 
 @task
@@ -99,9 +102,9 @@ def restart(c: Context, **flags: Any) -> None:
     The new settings are checked first, so a bad flag leaves the running server alone."""
     settings, files = _state(c)
     if _managed(flags) is None:
-        _served(settings, flags)
+        _split(settings, flags)
     _stop(settings, files)
-    _start(settings, files, flags)
+    _start(c, settings, files, flags)
 
 
 def _managed(flags: dict[str, Any]) -> Any:
@@ -120,7 +123,20 @@ def _managed(flags: dict[str, Any]) -> Any:
     return kind
 
 
-def _start(settings: Any, files: Any, flags: dict[str, Any]) -> None:
+def _here_only(flags: dict[str, Any], what: str) -> None:
+    if flags.pop("rpc", ""):
+        raise HomelabError(f"{what} serves from this host only", "split a model with inv server.start --rpc")
+
+
+def _split(settings: Any, flags: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The served settings and the hosts whose rpc-server takes a share (--rpc, else server.rpc_hosts)."""
+    rest = dict(flags)
+    rpc = rest.pop("rpc", "")
+    hosts = [h.strip() for h in rpc.split(",") if h.strip()] if rpc else settings.server.rpc_hosts
+    return _served(settings, {**rest, "rpc_helpers": len(hosts)}), hosts
+
+
+def _start(c: Context, settings: Any, files: Any, flags: dict[str, Any]) -> None:
     from tasks.core import server as core
     from tasks.core.console import console, say
 
@@ -130,9 +146,13 @@ def _start(settings: Any, files: Any, flags: dict[str, Any]) -> None:
         with console().status(f"Starting the {kind} service…"):
             running = core.start_managed(files, kind, timeout_s)
     else:
-        served = _served(settings, flags)
-        with console().status(f"Loading {served.default_model}…"):
-            running = core.start(served, files, timeout_s)
+        served, hosts = _split(settings, flags)
+        if hosts:  # the tunnel keeper is forked before a spinner's thread starts
+            say(f"Starting rpc-server on {', '.join(hosts)} (SSH tunnels)…")
+            running = core.start_split(served, files, timeout_s, hosts, c.config, settings)
+        else:
+            with console().status(f"Loading {served.default_model}…"):
+                running = core.start(served, files, timeout_s)
     by = f", {kind}" if kind else ""
     say(f"Serving [bold]{running.model}[/] ({running.engine}) at {running.url}  (pid {running.pid}{by})")
 
@@ -173,6 +193,7 @@ def install_service(c: Context, **flags: Any) -> None:
     from tasks.core.console import say
     from tasks.core.server_state import Running
 
+    _here_only(flags, "the service")
     settings, files = _state(c)
     served = _served(settings, flags)
     if isinstance(server_state.look(files), Running):
@@ -222,6 +243,26 @@ def status(c: Context, json: bool = False) -> None:
     rows = [(found.pid, uptime, found.model, found.engine, found.url, found.health, found.manager)]
     columns = ["pid", "uptime", "model", "engine", "url", "health", "run by"]
     print_table("Inference server", columns, rows)
+    _print_helpers(_state(c)[1])
+
+
+def _print_helpers(files: Any) -> None:
+    """The RPC helpers' table, when the server's model is split over some."""
+    from tasks.core import rpc
+    from tasks.core.catalog import describe_size
+    from tasks.core.console import print_table
+    from tasks.core.errors import HomelabError
+
+    tunnels = rpc.running(files.folder)
+    if tunnels is None:
+        return
+    try:
+        helpers = rpc.helper_figures(tunnels)
+        state = "ok"
+    except HomelabError as exc:
+        helpers, state = tunnels.helpers, exc.message
+    rows = [(h.host, h.pid, h.port, h.local, describe_size(h.sent_bytes), state) for h in helpers]
+    print_table("RPC helpers", ["host", "rpc-server pid", "port there", "tunnel here", "sent", "state"], rows)
 
 
 @task(help={"all": "also list the models that are not loaded", "json": JSON_HELP})
@@ -235,7 +276,7 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
     if not listed:
         say("no model loaded (a request loads one: inv server.load NAME)")
         return
-    rows = [
+    rows: list[tuple[Any, ...]] = [
         (
             m.name + (" (default)" if m.default else ""),
             m.engine,
@@ -250,6 +291,9 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
         for m in listed
     ]
     columns = ["model", "engine", "state", "memory", "estimate", "context", "slots", "busy", "until"]
+    if any(m.devices for m in listed):  # a model split over RPC helpers: where its layers are
+        columns.append("devices")
+        rows = [(*row, m.devices) for row, m in zip(rows, listed, strict=True)]
     print_table("Models", columns, rows)
 
 
@@ -315,6 +359,7 @@ def run(c: Context, reload: bool = False, **flags: Any) -> None:
     """Run the server in the foreground (Ctrl-C stops it); logs go to the terminal.
 
     With --reload each change restarts it in a fresh process and says what the restart cost."""
+    _here_only(flags, "server.run")
     settings, files = _state(c)
     served = _served(settings, flags)
     if not reload:
@@ -404,3 +449,13 @@ def claude(c: Context, print_only: bool = False) -> None:
             say("# `claude` is not installed: npm install -g @anthropic-ai/claude-code", markup=False)
         return
     claude_code.launch(program, env)
+
+
+@task(name="rpc-helper")
+def rpc_helper(c: Context) -> None:
+    """Become llama.cpp's rpc-server on a free port of 127.0.0.1 (server.start --rpc runs it over SSH).
+
+    Its weight cache (-c) lives in server.state_dir, so a second start does not resend the weights."""
+    from tasks.core import rpc
+
+    rpc.exec_helper(_state(c)[1].folder)

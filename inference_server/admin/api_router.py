@@ -115,6 +115,8 @@ def _row(model: Model, default: bool) -> dict[str, object]:
         if estimate
         else None,
         "resident_bytes": model.resident_bytes,
+        # "CPU: 10 layers 30 MiB, RPC0: 10 layers 25 MiB, ..." for a model split over RPC helpers
+        "devices": model.engine.info.extra.get("devices", "") if model.engine is not None else "",
         "load_s": round(model.load_s, 3),
         "keep_alive_s": model.keep_alive_s,
         "idle_s": round(now - model.last_used, 1) if model.idle else None,

@@ -34,6 +34,8 @@ def create(spec: ModelSpec, settings: ServerSettings) -> Engine:
             slots=spec.slots,
             prefix_cache_bytes=settings.prefix_cache_bytes,
             threads=settings.threads,
+            rpc_servers=settings.rpc_servers,
+            rpc_watch=settings.rpc_watch,
         )
     from inference_server.engines.mlx_engine import MlxEngine
 

@@ -172,6 +172,8 @@ class LlamaCppEngine:
         prefix_cache_bytes: int,
         threads: int = 0,
         use_extra_bufts: bool = False,
+        rpc_servers: Sequence[str] = (),
+        rpc_watch: str = "",
     ) -> None:
         if slots < 1 or context_size < 2:
             raise EngineError(f"context_size {context_size} with {slots} slots cannot serve a request")
@@ -183,6 +185,10 @@ class LlamaCppEngine:
         # first decode (ggml_backend_amx_mul_mat), so they are off unless asked for.
         self.use_extra_bufts = use_extra_bufts
         self.context_size = context_size
+        # Layers go to these rpc-servers too; `rpc_watch` is the unix socket of whoever keeps their
+        # connections: it closes (after one line saying why) when one is lost.
+        self.rpc_servers = list(rpc_servers)
+        self.rpc_watch = rpc_watch
         self.info = EngineInfo(
             model=model_name,
             engine="llama_cpp",
@@ -198,6 +204,8 @@ class LlamaCppEngine:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._live: set[_Request] = set()  # streams being read, ended by a lost RPC helper
+        self._lost = False  # an RPC helper is gone: the worker may be stuck in a call to it
         self._template: ChatTemplate | None = None
         self._template_source: str | None = None
         self._vocab: Any = None
@@ -213,11 +221,14 @@ class LlamaCppEngine:
         if self._thread is not None:
             raise EngineError("engine already started")
         os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)  # read when llama.cpp's OpenMP loads
+        watch = self._open_watch() if self.rpc_watch else None
         self._thread = threading.Thread(target=self._run, name="llama-cpp-engine", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._failure is not None:
             raise EngineError(f"cannot load {self.model_path.name}: {self._failure}")
+        if watch is not None:
+            threading.Thread(target=self._watch, args=(watch,), name="rpc-watch", daemon=True).start()
 
     def healthy(self) -> bool:
         return (
@@ -274,6 +285,8 @@ class LlamaCppEngine:
                     return
         finally:
             request.cancelled = True
+            with self._submit_lock:
+                self._live.discard(request)
 
     async def embed(self, batch: list[list[int]]) -> list[list[float]]:
         if not self.healthy():
@@ -288,7 +301,7 @@ class LlamaCppEngine:
             job.cancelled = True
 
     def close(self) -> None:
-        if self._thread is None:
+        if self._thread is None or self._lost:  # a worker stuck on a lost helper never returns
             return
         self._inbox.put(None)
         self._thread.join()
@@ -330,7 +343,45 @@ class LlamaCppEngine:
         with self._submit_lock:
             if not self._accepting:
                 raise self._not_running()
+            if isinstance(request, _Request):
+                self._live.add(request)
             self._inbox.put(request)
+
+    def _open_watch(self) -> Any:
+        """The RPC keeper's watch socket, once it says its helpers are all there ("ok"); loading with a
+        lost one would abort the process inside llama.cpp, so that is refused here."""
+        import socket
+
+        watch = socket.socket(socket.AF_UNIX)
+        try:
+            watch.connect(self.rpc_watch)
+            said = watch.makefile().readline().strip()
+        except OSError as exc:
+            said = f"the RPC helpers' tunnel keeper is gone ({exc})"
+        if said != "ok":
+            watch.close()
+            raise EngineError(f"an RPC helper is lost: {said or 'the tunnel keeper stopped'}")
+        return watch
+
+    def _watch(self, watch: Any) -> None:
+        """Block on the RPC keeper's socket; when it speaks or closes, a helper is lost: refuse new
+        requests and end the streams in flight with its reason, without waiting for the worker
+        (a decode on a lost helper never returns)."""
+        try:
+            with watch:
+                said = watch.makefile().readline().strip()
+        except OSError as exc:
+            said = f"cannot watch the RPC helpers ({exc})"
+        reason = said or "the RPC helpers' tunnel keeper stopped"
+        log.error("RPC helper lost: %s", reason)
+        with self._submit_lock:
+            self._lost = True
+            self._accepting = False
+            self._failure = EngineError(f"an RPC helper is lost: {reason}")
+            live, self._live = self._live, set()
+        for request in live:
+            chunk = Chunk("", finish_reason="error", prompt_tokens=len(request.tokens), error=reason)
+            request.loop.call_soon_threadsafe(request.chunks.put_nowait, chunk)
 
     # -- the worker thread -------------------------------------------------------------------------
 
@@ -378,7 +429,19 @@ class _Worker:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_extra_bufts = engine.use_extra_bufts
-        self.model = llama_cpp.llama_model_load_from_file(str(engine.model_path).encode(), model_params)
+        if self._split(model_params):
+            from inference_server.engines.rpc import placement
+
+            with placement() as placed:
+                self.model = llama_cpp.llama_model_load_from_file(
+                    str(engine.model_path).encode(), model_params
+                )
+            engine.info.extra["devices"] = ", ".join(
+                f"{dev}: {placed.layers.get(dev, 0)} layers {placed.weight_bytes.get(dev, 0) // 2**20} MiB"
+                for dev in dict.fromkeys([*placed.layers, *placed.weight_bytes])
+            )
+        else:
+            self.model = llama_cpp.llama_model_load_from_file(str(engine.model_path).encode(), model_params)
         if not self.model:
             raise EngineError(f"{engine.model_path}: not a loadable GGUF model")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
@@ -782,6 +845,22 @@ class _Worker:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 for request, _ in items:
                     request.cancelled = True
+
+    def _split(self, model_params: Any) -> int:
+        """With RPC helpers (registered here, once): `model_params` set for an even share of the layers
+        on each and the rest on this host; how many helper devices."""
+        from inference_server.engines import rpc
+
+        names = rpc.add_servers(self.engine.rpc_servers)
+        if names:
+            from inference_server.engines.memory import read_gguf_metadata
+
+            meta = read_gguf_metadata(self.engine.model_path)
+            n_layer = int(meta[f"{meta['general.architecture']}.block_count"])
+            model_params.n_gpu_layers = rpc.layer_split(n_layer, len(names))
+            self.tensor_split = (ctypes.c_float * self.ll.llama_max_devices())(*([1.0] * len(names)))
+            model_params.tensor_split = self.tensor_split
+        return len(names)
 
     def shut_down(self, reason: FinishReason, orphans: list[_Request]) -> None:
         """End every stream with `reason` and free the context. The model stays until the engine's

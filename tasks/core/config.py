@@ -69,6 +69,7 @@ class ServerConfig(Section):
     state_dir: Path
     start_timeout_s: float = Field(gt=0)
     stop_grace_s: float = Field(gt=0)
+    rpc_hosts: list[str]
     log_lines: int = Field(ge=1)
     chat_temperature: float = Field(ge=0, le=2)
     chat_max_tokens: int = Field(ge=0)

@@ -128,6 +128,21 @@ def _package_set() -> str:
     return _sha("\n".join(n for n in names if n.endswith((".dist-info", ".egg-info"))).encode())
 
 
+def _builds(root: Path) -> str:
+    """The rpc-server build and llama-cpp-python's libraries, by size and time: a rebuild in place
+    keeps the package's version (and so its dist-info name)."""
+    import importlib.util
+
+    from tasks.core import rpc
+
+    spec = importlib.util.find_spec("llama_cpp")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    paths = [rpc.rpc_server_binary(root), *(Path(f) / "lib" / "libggml.so" for f in folders)]
+    return _sha(
+        " ".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" if p.exists() else "-" for p in paths).encode()
+    )
+
+
 class Inputs:
     """What checks depend on, each hashed at most once per run."""
 
@@ -138,6 +153,7 @@ class Inputs:
             "config": lambda: _sha(settings.model_dump_json().encode()),
             "catalog": lambda: _file_hash(settings.models.catalog),
             "packages": _package_set,
+            "llama.cpp builds": lambda: _builds(root),
         }
         self._done: dict[str, str] = {}
 
@@ -445,6 +461,28 @@ def _engine(module: str, probe: str, required: bool) -> Callable[[], Outcome]:
     return check
 
 
+def _rpc(root: Path) -> Outcome:
+    """llama-cpp-python with the RPC backend, and rpc-server built from the same llama.cpp (the build's
+    folder is named after the llama-cpp-python version whose sdist it came from)."""
+    from tasks.core import rpc
+
+    binary = rpc.rpc_server_binary(root)
+    probe = "from inference_server.engines import rpc; import sys; sys.exit(not rpc.has_rpc())"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root)
+    if done.returncode != 0:
+        return Outcome(
+            "warn",
+            "llama-cpp-python has no RPC backend (needed by server.start --rpc) — run `bash bootstrap.sh`",
+        )
+    if not binary.exists():
+        return Outcome(
+            "warn", f"no rpc-server for llama-cpp-python {rpc.llama_cpp_version()} — run `bash bootstrap.sh`"
+        )
+    return Outcome(
+        "ok", f"RPC backend and rpc-server from llama.cpp of llama-cpp-python {rpc.llama_cpp_version()}"
+    )
+
+
 def _invoke_yaml(merged: Any) -> Outcome:
     from tasks.core import config
 
@@ -604,6 +642,7 @@ def host_checks(root: Path, settings: config.Settings, merged: Any, hosts: bool)
             _engine("llama_cpp", "llama_cpp.llama_print_system_info()", True),
         ),
         Check("engine mlx", "environment", env, _engine("mlx_lm", "", on_apple)),
+        Check("llama.cpp rpc", "environment", (*env, "llama.cpp builds"), lambda: _rpc(root)),
         Check("invoke.yaml", "configuration", ("config",), lambda: _invoke_yaml(merged)),
         Check("catalog.yaml", "configuration", ("config", "catalog"), lambda: _catalog(settings)),
         Check("bundled model", "models", ("catalog", "packages"), lambda: _bundled(settings)),

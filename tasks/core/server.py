@@ -53,6 +53,7 @@ def served_settings(
     models: str = "",
     alias: list[str] | None = None,
     manage_command: list[str] | None = None,
+    rpc_helpers: int = 0,
     **flags: Any,
 ) -> ServerSettings:
     """The server's settings: invoke.yaml's `server:` section, with every non-empty flag winning.
@@ -60,7 +61,8 @@ def served_settings(
     The fields both share are taken over by name; the models (each with its files, format and
     context, capped by the model's own), the aliases, the key and the memory budget are worked out
     here. `models` ("a,b") and `alias` ("PATTERN[=MODEL]", repeatable) replace the configured lists.
-    `manage_command` is how the server runs this checkout's tasks (default: its own `inv`)."""
+    `manage_command` is how the server runs this checkout's tasks (default: its own `inv`); the fit
+    counts `rpc_helpers` helpers' share of the layers as theirs (their endpoints come later)."""
     given = {k: v for k, v in flags.items() if flag_given(k, v)}
     try:  # validated again, so a flag is held to its setting's rules (a keep_alive of "5m", say)
         config = ServerConfig.model_validate({**settings.server.model_dump(), **given})
@@ -89,6 +91,8 @@ def served_settings(
                 "api_key": server_state.api_key(settings.server, flags.get("api_key", ""), api_key_file),
                 "memory_budget_bytes": config.memory_budget_mb * MIB or memory.default_budget_bytes(),
                 "manage_command": manage_command or MANAGE_COMMAND,
+                "rpc_servers": [],  # the tunnels' ends, once open (tasks.core.rpc)
+                "rpc_watch": "",
             }
         )
     except ValidationError as exc:
@@ -102,7 +106,8 @@ def served_settings(
         )
     from inference_server import pool  # FastAPI and the engines' tables: only starting needs them
 
-    need = pool.footprint(served.default, served)
+    tunnels = ["127.0.0.1:0"] * rpc_helpers  # stand-ins for the endpoints: only their number counts
+    need = pool.footprint(served.default, served.model_copy(update={"rpc_servers": tunnels}))
     if need.bytes > served.memory_budget_bytes:
         raise HomelabError(need.too_big(default.name, served.memory_budget_bytes))
     return served
@@ -248,6 +253,32 @@ def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status
     return started
 
 
+def start_split(
+    served: ServerSettings,
+    files: StateFiles,
+    timeout_s: float,
+    hosts: list[str],
+    config: Any,
+    settings: Settings,
+) -> Status:
+    """`start`, with the model's layers shared by the rpc-servers of `hosts` (tasks.core.rpc): the
+    tunnels open first, and close again if the server does not start."""
+    from tasks.core import rpc
+
+    if not hosts:
+        return start(served, files, timeout_s)
+    tunnels = rpc.open_tunnels(config, settings, hosts, files.folder)
+    try:
+        return start(
+            served.model_copy(update={"rpc_servers": tunnels.endpoints, "rpc_watch": tunnels.watch}),
+            files,
+            timeout_s,
+        )
+    except BaseException:
+        rpc.close_tunnels(files.folder)
+        raise
+
+
 def stop(files: StateFiles, grace_s: float) -> Running | Stale | None:
     """SIGTERM, then SIGKILL after the grace (plus the engine's shutdown), to the process the pidfile
     records and only if it is still that process; what was found (a stale pidfile is just removed).
@@ -266,6 +297,9 @@ def stop(files: StateFiles, grace_s: float) -> Running | Stale | None:
                 time.sleep(0.05)
     if found is not None:
         server_state.forget(files)
+    from tasks.core import rpc
+
+    rpc.close_tunnels(files.folder)  # after the server: its RPC sockets must not break under it
     return found
 
 
@@ -370,6 +404,7 @@ class LoadedModel:
     estimate_bytes: int
     resident_bytes: int
     expires_in_s: float | None  # None: not loaded, busy, pinned or kept forever
+    devices: str  # where a model split over RPC helpers sits ("" on one host)
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> LoadedModel:
@@ -386,6 +421,7 @@ class LoadedModel:
             int(estimate.get("total_bytes", 0)),
             row["resident_bytes"],
             row["expires_in_s"],
+            row.get("devices", ""),
         )
 
 

@@ -45,6 +45,8 @@ SETTINGS = {
     "allowed_hosts": ["localhost", "127.0.0.1", "::1"],
     "stop_grace_s": 5,
     "manage_command": ["inv"],
+    "rpc_servers": [],
+    "rpc_watch": "",
 }
 
 
@@ -228,3 +230,9 @@ def test_keep_alive_durations_read_as_ollama_writes_them() -> None:
     for bad in ("soon", "5 m", "m5", True, ""):
         with pytest.raises(ValueError, match="duration"):
             seconds(bad)
+
+
+def test_rpc_servers_must_be_tunnel_ends_on_loopback() -> None:
+    ServerSettings.model_validate({**SETTINGS, "rpc_servers": ["127.0.0.1:5000"]})
+    with pytest.raises(ValidationError, match=r"192\.168\.1\.9:50052 is not a loopback"):
+        ServerSettings.model_validate({**SETTINGS, "rpc_servers": ["192.168.1.9:50052"]})
