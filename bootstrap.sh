@@ -45,6 +45,10 @@ llama_cpp_version=0.3.36
 cpu_flags=""
 [[ "$(uname -s)" != "Darwin" ]] && cpu_flags="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 export CMAKE_ARGS="${CMAKE_ARGS:-$cpu_flags} -DGGML_RPC=ON"
+# Both builds are kept in the user's cache, keyed by version and flags, so another checkout or a new
+# .venv on this machine installs them in seconds; each lands there whole (built aside, then moved).
+build_key=$(.venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:12])' "$CMAKE_ARGS")
+build_cache="${XDG_CACHE_HOME:-$HOME/.cache}/llm-homelab/build/llama.cpp-$llama_cpp_version-$build_key"
 if ! .venv/bin/python - 2>/dev/null <<'PY'
 import ctypes, sys
 import llama_cpp
@@ -54,14 +58,21 @@ find.restype, find.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
 sys.exit("AMX" in llama_cpp.llama_print_system_info().decode() or not find(b"RPC"))
 PY
 then
-  echo "==> building llama-cpp-python $llama_cpp_version (portable build with RPC; a few minutes)"
-  .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$llama_cpp_version"
+  if ! compgen -G "$build_cache/wheel/*.whl" >/dev/null; then
+    echo "==> building llama-cpp-python $llama_cpp_version (portable build with RPC; a few minutes)"
+    rm -rf "$build_cache/wheel.partial" && mkdir -p "$build_cache"
+    .venv/bin/python -m pip wheel -q --no-cache-dir --no-deps "llama-cpp-python==$llama_cpp_version" \
+      -w "$build_cache/wheel.partial"
+    mv "$build_cache/wheel.partial" "$build_cache/wheel"
+  fi
+  echo "==> installing llama-cpp-python $llama_cpp_version (built in $build_cache)"
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps "$build_cache"/wheel/*.whl
 fi
 
 # rpc-server from the very llama.cpp that llama-cpp-python vendors (its sdist carries it), so every
 # host speaks the same RPC protocol version; only its target is built (ggml, the CPU backend, RPC).
 rpc_server=.tools/llama.cpp-$llama_cpp_version/bin/rpc-server
-if [[ ! -x "$rpc_server" ]] && command -v cmake >/dev/null 2>&1; then
+if [[ ! -x "$build_cache/bin/rpc-server" ]] && command -v cmake >/dev/null 2>&1; then
   echo "==> building rpc-server from llama-cpp-python $llama_cpp_version's llama.cpp"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
@@ -72,7 +83,11 @@ if [[ ! -x "$rpc_server" ]] && command -v cmake >/dev/null 2>&1; then
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF $CMAKE_ARGS >/dev/null
   cmake --build "$work/build" --target ggml-rpc-server -j "$(getconf _NPROCESSORS_ONLN)" >/dev/null
-  install -D -m 755 "$work/build/bin/ggml-rpc-server" "$rpc_server"
+  install -D -m 755 "$work/build/bin/ggml-rpc-server" "$build_cache/bin/rpc-server.partial"
+  mv "$build_cache/bin/rpc-server.partial" "$build_cache/bin/rpc-server"
+fi
+if [[ -x "$build_cache/bin/rpc-server" ]] && ! cmp -s "$build_cache/bin/rpc-server" "$rpc_server"; then
+  install -D -m 755 "$build_cache/bin/rpc-server" "$rpc_server"
 fi
 
 echo "==> installing llm-homelab[$extras]"
