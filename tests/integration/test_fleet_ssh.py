@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from inference_server.ui.access import CSRF_HEADER
-from tests.fixtures.sshd import ROOT, USER, Lab, cli
+from tests.fixtures.sshd import USER, Lab, cli, fleet_dashboard
 
 DOWN = {"down": {"host": "127.0.0.1", "port": 1, "user": USER, "tags": ["lab"]}}
 
@@ -124,20 +119,6 @@ def test_fleet_status_shows_each_host_and_who_is_unreachable(ssh_lab: Lab, lab_y
     assert row(done.stdout, "down")[1] == "no"
 
 
-@contextlib.contextmanager
-def fleet_dashboard(config: Path) -> Iterator[str]:
-    """The real `inv fleet.dashboard` on port 0: its one line names the URL once the port listens."""
-    inv = str(Path(sys.executable).parent / "inv")
-    command = [inv, "-f", str(config), "fleet.dashboard", "--port", "0"]
-    served = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert served.stdout is not None
-        yield served.stdout.readline().split(" is at ")[1].split()[0]
-    finally:
-        served.terminate()
-        served.wait(timeout=30)
-
-
 def test_fleet_dashboard_serves_every_hosts_facts_from_fleet_status(ssh_lab: Lab, lab_yaml: Path) -> None:
     with fleet_dashboard(lab_yaml) as url:
         answer = httpx.get(url.replace("/ui/lab", "/ui/api/lab"), timeout=120).json()
@@ -168,9 +149,7 @@ def server_pid(config: Path, host: str) -> int:
 def test_fleet_dashboard_acts_through_the_hosts_own_server_tasks(ssh_lab: Lab, tmp_path: Path) -> None:
     """Load, pin, unload and restart from the lab view, with the page's login cookie and CSRF token;
     `fab -H a server.ps` / `server.status` on the host see each change."""
-    config = ssh_lab.write_config(tmp_path / "lab.yaml")
-    settings = yaml.safe_load(config.read_text())
-    config.write_text(yaml.safe_dump({**settings, "server": {"api_key": "lab-key"}}))
+    config = ssh_lab.write_config(tmp_path / "lab.yaml", server={"api_key": "lab-key"})
     started = cli("fab", config, "-H", "a", "server.start", timeout_s=300)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
