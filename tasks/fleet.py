@@ -159,7 +159,9 @@ def deploy(
 def dashboard(c: Context, hosts: str = "", tag: str = "", host: str = "127.0.0.1", port: int = 8089) -> None:
     """Serve the lab's dashboard in a browser: every host's facts and models, refreshed live.
 
-    The same page the gateway shows, fed by what fleet.status gathers; behind server.api_key.
+    The same page the gateway shows, fed by what fleet.status gathers; behind server.api_key. With
+    the key, it can load, pin and unload models and restart a host's server (server.load/unload/restart
+    run on the host); without one it is read-only.
     """
     from tasks.core import config, dashboard, remote, server_state
     from tasks.core.console import say
@@ -168,8 +170,9 @@ def dashboard(c: Context, hosts: str = "", tag: str = "", host: str = "127.0.0.1
     targets = remote.select(settings, hosts, tag, everything=not (hosts or tag))
     key = server_state.api_key(settings.server)
     source = dashboard.lab_source(c.config, settings, targets)
+    actions = dashboard.LabTasks(c.config, settings, targets)
 
     def announce(url: str) -> None:
         say(f"the dashboard of {len(targets)} hosts is at {url} (Ctrl-C stops it)", markup=False)
 
-    dashboard.serve(source, host, port, key, settings.server.allowed_hosts, announce)
+    dashboard.serve(source, actions, host, port, key, settings.server.allowed_hosts, announce)

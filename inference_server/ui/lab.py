@@ -2,6 +2,12 @@
 
 A source is any blocking callable returning the hosts (it is called off the event loop, once per
 page refresh): fleet.dashboard's asks each host over ssh and HTTP; a gateway's may ask its backends.
+Actions (load, pin, unload a model; restart a host's server) go through `LabActions` in the same way:
+blocking calls, run off the event loop, each answering one line and the host as it is now.
+
+The actions are offered only when the app has a key: they run with the owner's ssh access, which
+reaches hosts whose own servers may want a key, so a keyless loopback view (which any local process
+can ask) stays read-only.
 """
 
 from __future__ import annotations
@@ -9,12 +15,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from inference_server.ui import site
-from inference_server.ui.access import Access
+from inference_server.ui.access import Access, Refused
 from inference_server.ui.site import page
 
 
@@ -36,25 +43,75 @@ class HostView:
 LabSource = Callable[[], list[HostView]]
 
 
-def router(access: Access, source: LabSource) -> APIRouter:
+@dataclass(frozen=True)
+class ActionDone:
+    """How an action went: one line (the task's own last line, or why it failed) and the host now."""
+
+    ok: bool
+    message: str
+    host: HostView
+
+
+class UnknownHost(LookupError):
+    """An action named a host the view does not show; its message says which hosts it does."""
+
+
+class LabActions(Protocol):
+    """What the lab view's buttons do, each a blocking call (run off the event loop)."""
+
+    def load(self, host: str, model: str, pin: bool) -> ActionDone: ...
+
+    def unload(self, host: str, model: str) -> ActionDone: ...
+
+    def restart(self, host: str) -> ActionDone: ...
+
+
+def router(access: Access, source: LabSource, actions: LabActions | None = None) -> APIRouter:
     routes = APIRouter(prefix="/ui", include_in_schema=False)
+    acting = actions is not None and bool(access.api_key)
 
     @routes.get("/lab")
     async def lab_page(request: Request) -> Response:
-        return page(request, access, "lab.html")
+        return page(request, access, "lab.html", acting=acting, offered=actions is not None)
 
     @routes.get("/api/lab", dependencies=[Depends(access.reader)])
     async def hosts() -> dict[str, object]:
         return {"hosts": [asdict(host) for host in await asyncio.to_thread(source)]}
 
+    if actions is None:
+        return routes
+    act: LabActions = actions  # narrowed for the routes below
+
+    async def done(call: Callable[[], ActionDone]) -> dict[str, object]:
+        if not acting:
+            raise Refused("forbidden", "the lab view acts only with a key: set server.api_key and log in")
+        try:
+            return asdict(await asyncio.to_thread(call))
+        except UnknownHost as exc:
+            raise Refused("no_route", str(exc)) from None
+
+    @routes.post("/api/lab/hosts/{host}/models/{name:path}/{action}", dependencies=[Depends(access.actor)])
+    async def model_action(
+        host: str, name: str, action: Literal["load", "pin", "unload"]
+    ) -> dict[str, object]:
+        if action == "unload":
+            return await done(lambda: act.unload(host, name))
+        return await done(lambda: act.load(host, name, pin=action == "pin"))
+
+    @routes.post("/api/lab/hosts/{host}/restart", dependencies=[Depends(access.actor)])
+    async def restart(host: str) -> dict[str, object]:
+        return await done(lambda: act.restart(host))
+
     return routes
 
 
-def create_app(source: LabSource, api_key: str, allowed_hosts: list[str]) -> FastAPI:
+def create_app(
+    source: LabSource, api_key: str, allowed_hosts: list[str], actions: LabActions | None = None
+) -> FastAPI:
     """The lab view on its own (fleet.dashboard): behind `api_key` when it is set, else answering only
-    the loopback names in `allowed_hosts` (the server's guard against DNS rebinding)."""
+    the loopback names in `allowed_hosts` (the server's guard against DNS rebinding) and read-only."""
     app = FastAPI(title="llm-homelab dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     access = Access(api_key, allowed_hosts)
     site.install(app, access, [("Lab", "/ui/lab")])
-    app.include_router(router(access, source))
+    app.include_router(router(access, source, actions))
     return app

@@ -4,6 +4,7 @@ screenshot goes to tests/artifacts/dashboard/ (gitignored)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ from inference_server.ui import lab
 from tasks.core import config, dashboard, fleet
 from tests.e2e.test_server_lifecycle import inv
 from tests.fixtures.server import RunningServer, running_server, settings_for_test
+from tests.fixtures.sshd import Lab, cli, fleet_dashboard
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -216,6 +218,33 @@ def test_lab_view_shows_each_hosts_facts_and_models(page: WebDriver, lab_url: st
     assert any(SMALL in m.text and "loaded" in m.text for m in models), [m.text for m in models]
     shot(page, "lab")
     assert console_errors(page) == []
+
+
+def test_lab_view_buttons_run_the_hosts_own_tasks(
+    page: WebDriver, server: RunningServer, ssh_lab: Lab, tmp_path: Path
+) -> None:
+    """fleet.dashboard over a real sshd host with its own server: Pin on its model's row runs
+    `server.load --pin` there, the page says so and redraws the row, and the host's `server.ps` agrees."""
+    config = ssh_lab.write_config(tmp_path / "lab.yaml", server={"api_key": server.api_key})
+    started = cli("fab", config, "-H", "a", "server.start", timeout_s=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        with fleet_dashboard(config, "--hosts", "a") as url:
+            page.get(url)  # logged in already: the cookie is the server's, the key the same
+            pin = f'#lab-models tr[data-host="a"][data-model="{SMALL}"] button[data-action="pin"]'
+            until(page, lambda d: d.find_elements(By.CSS_SELECTOR, pin))[0].click()
+            said = until(page, lambda d: d.find_element(By.ID, "lab-action").text.endswith("pinned") and d)
+            assert said.find_element(By.ID, "lab-action").text == f"a: {SMALL} loaded and pinned"
+            row = page.find_element(By.CSS_SELECTOR, f'#lab-models tr[data-host="a"][data-model="{SMALL}"]')
+            assert "pinned" in row.text and not row.find_elements(By.CSS_SELECTOR, "button[data-action=pin]")
+            assert page.find_elements(By.CSS_SELECTOR, '#hosts button[data-action="restart"]')
+            shot(page, "lab-actions")
+            assert console_errors(page) == []
+        shown = cli("fab", config, "-H", "a", "server.ps", "--json")
+        rows = {row["model"]: row for row in json.loads(shown.stdout)["rows"]}
+        assert rows[f"{SMALL} (default)"]["until"] == "pinned", rows
+    finally:
+        cli("fab", config, "-H", "a", "server.stop", timeout_s=120)
 
 
 def test_prompt_text_shows_only_when_the_owner_turns_it_on(own_server: Any, server: RunningServer) -> None:

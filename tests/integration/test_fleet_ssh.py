@@ -1,16 +1,16 @@
-"""`inv fleet.run` and `inv fleet.status` against real sshd hosts, one of them unreachable."""
+"""`inv fleet.run`, `inv fleet.status` and `inv fleet.dashboard` against real sshd hosts, one unreachable."""
 
 from __future__ import annotations
 
+import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.fixtures.sshd import ROOT, USER, Lab, cli
+from inference_server.ui.access import CSRF_HEADER
+from tests.fixtures.sshd import USER, Lab, cli, fleet_dashboard
 
 DOWN = {"down": {"host": "127.0.0.1", "port": 1, "user": USER, "tags": ["lab"]}}
 
@@ -120,13 +120,7 @@ def test_fleet_status_shows_each_host_and_who_is_unreachable(ssh_lab: Lab, lab_y
 
 
 def test_fleet_dashboard_serves_every_hosts_facts_from_fleet_status(ssh_lab: Lab, lab_yaml: Path) -> None:
-    """The real `inv fleet.dashboard` on port 0: its one line names the URL once the port listens."""
-    inv = str(Path(sys.executable).parent / "inv")
-    command = [inv, "-f", str(lab_yaml), "fleet.dashboard", "--port", "0"]
-    served = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert served.stdout is not None
-        url = served.stdout.readline().split(" is at ")[1].split()[0]
+    with fleet_dashboard(lab_yaml) as url:
         answer = httpx.get(url.replace("/ui/lab", "/ui/api/lab"), timeout=120).json()
         hosts = {host["name"]: host for host in answer["hosts"]}
         for name in ("a", "b", "c"):
@@ -136,6 +130,62 @@ def test_fleet_dashboard_serves_every_hosts_facts_from_fleet_status(ssh_lab: Lab
         assert not hosts["down"]["reachable"] and "cannot connect over SSH" in hosts["down"]["problem"]
         page = httpx.get(url, timeout=30)
         assert page.status_code == 200 and "/ui/static/lab.js" in page.text
+
+
+def served_models(config: Path, host: str) -> dict[str, dict[str, str]]:
+    """`fab -H host server.ps --json`: the host's loaded models by name."""
+    shown = cli("fab", config, "-H", host, "server.ps", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    rows = json.loads(shown.stdout)["rows"] if shown.stdout.startswith("{") else []
+    return {row["model"].removesuffix(" (default)"): row for row in rows}
+
+
+def server_pid(config: Path, host: str) -> int:
+    shown = cli("fab", config, "-H", host, "server.status", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return int(json.loads(shown.stdout)["rows"][0]["pid"])
+
+
+def test_fleet_dashboard_acts_through_the_hosts_own_server_tasks(ssh_lab: Lab, tmp_path: Path) -> None:
+    """Load, pin, unload and restart from the lab view, with the page's login cookie and CSRF token;
+    `fab -H a server.ps` / `server.status` on the host see each change."""
+    config = ssh_lab.write_config(tmp_path / "lab.yaml", server={"api_key": "lab-key"})
+    started = cli("fab", config, "-H", "a", "server.start", timeout_s=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        first_pid = server_pid(config, "a")
+        with (
+            fleet_dashboard(config) as url,
+            httpx.Client(base_url=url.removesuffix("/ui/lab"), timeout=300) as client,
+        ):
+            client.post("/ui/login", data={"key": "lab-key"})
+            page = client.get("/ui/lab")
+            assert 'data-acting="yes"' in page.text
+            found = re.search(r'name="csrf" content="([^"]+)"', page.text)
+            assert found, page.text
+            token = {CSRF_HEADER: found[1]}
+            model = "/ui/api/lab/hosts/a/models/gemma3"
+            assert client.post(f"{model}/load").status_code == 403  # no CSRF token: nothing runs
+            assert "gemma3" not in served_models(config, "a")
+
+            loaded = client.post(f"{model}/load", headers=token).json()
+            assert loaded["ok"] and loaded["message"] == "a: gemma3 loaded", loaded
+            assert {m["name"]: m["state"] for m in loaded["host"]["models"]}["gemma3"] == "loaded"
+            assert served_models(config, "a")["gemma3"]["until"] != "pinned"
+            pinned = client.post(f"{model}/pin", headers=token).json()
+            assert pinned["ok"] and pinned["message"] == "a: gemma3 loaded and pinned", pinned
+            assert served_models(config, "a")["gemma3"]["until"] == "pinned"
+            unloaded = client.post(f"{model}/unload", headers=token).json()
+            assert unloaded["ok"] and unloaded["message"] == "a: gemma3 unloaded", unloaded
+            assert "gemma3" not in served_models(config, "a")
+
+            unknown = client.post("/ui/api/lab/hosts/a/models/no-such-model/load", headers=token).json()
+            assert not unknown["ok"] and "no-such-model" in unknown["message"], unknown
+
+            restarted = client.post("/ui/api/lab/hosts/a/restart", headers=token).json()
+            assert restarted["ok"] and restarted["host"]["health"] == "ok", restarted
+            new_pid = server_pid(config, "a")
+            assert new_pid != first_pid and f"(pid {new_pid}" in restarted["message"]
     finally:
-        served.terminate()
-        served.wait(timeout=30)
+        stopped = cli("fab", config, "-H", "a", "server.stop", timeout_s=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -1,5 +1,6 @@
 """The dashboard's own checks, on the lab view's real app (fleet.dashboard's) with no server behind it:
-the key or the login cookie for reads, the CSRF token for actions, the Host names of a keyless app."""
+the key or the login cookie for reads, the CSRF token for actions, the Host names of a keyless app
+and that its actions stay off."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from inference_server.ui import lab
 from inference_server.ui.access import COOKIE, CSRF_HEADER, Access, Refused
+from tasks.core import config, dashboard
 
 pytestmark = pytest.mark.unit
 HOSTS = [lab.HostView("a", True, revision="abc123", health="ok", disk_free_gb=12.5)]
@@ -59,3 +61,32 @@ def test_actions_need_the_pages_csrf_token_keyless_too() -> None:
     token = access.csrf.encode()
     asyncio.run(access.actor(Request({**scope, "headers": [(CSRF_HEADER.encode(), token)]})))
     assert Access("", None).csrf != access.csrf  # a keyless app's secret is its own, per process
+
+
+def acting_app(key: str) -> TestClient:
+    """The lab view with fleet.dashboard's real actions, over an inventory of no hosts."""
+    settings = config.load()
+    actions = dashboard.LabTasks(None, settings, [])
+    return TestClient(lab.create_app(lambda: HOSTS, key, LOOPBACK, actions), base_url="http://127.0.0.1")
+
+
+def test_a_keyless_lab_view_is_read_only_and_says_how_to_act() -> None:
+    client = acting_app("")
+    shown = client.get("/ui/lab")
+    assert 'data-acting="yes"' not in shown.text and "need a key: set server.api_key" in shown.text
+    token = shown.text.split('name="csrf" content="')[1].split('"')[0]
+    refused = client.post("/ui/api/lab/hosts/a/restart", headers={CSRF_HEADER: token})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["message"].startswith("the lab view acts only with a key")
+
+
+def test_a_keyed_lab_view_acts_only_on_its_own_hosts() -> None:
+    client = acting_app("secret")
+    client.post("/ui/login", data={"key": "secret"})
+    shown = client.get("/ui/lab")
+    assert 'data-acting="yes"' in shown.text
+    token = shown.text.split('name="csrf" content="')[1].split('"')[0]
+    assert client.post("/ui/api/lab/hosts/a/restart").status_code == 403  # no CSRF token
+    unknown = client.post("/ui/api/lab/hosts/elsewhere/models/smollm2/load", headers={CSRF_HEADER: token})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["message"].startswith("no host 'elsewhere' in this dashboard")

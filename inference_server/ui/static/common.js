@@ -103,6 +103,26 @@ const UI = (() => {
     return [name, badge(m.state), resident, m.context_size, m.active_requests + " / " + m.slots, idle];
   }
 
+  /* A button that says what it does in data-* (`data` e.g. {action: "load", model: "smollm2"}). */
+  function actionButton(label, data) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    Object.assign(button.dataset, data);
+    return button;
+  }
+
+  /* Load / Pin / Unload for one model row, as its state allows (`where` adds e.g. {host: "a"}). */
+  function modelActions(m, where) {
+    const span = document.createElement("span");
+    span.className = "actions";
+    const data = (action) => ({ ...where, action, model: m.name });
+    if (m.state === "unloaded") span.append(actionButton("Load", data("load")));
+    if (!m.pinned && m.state !== "unloading") span.append(actionButton("Pin", data("pin")));
+    if (m.state === "loaded" || m.state === "loading") span.append(actionButton("Unload", data("unload")));
+    return span;
+  }
+
   /* Calls `work` now and again `every` ms after each run ends; a failure is shown, not thrown. */
   function poll(work, every) {
     const run = async () => {
@@ -117,5 +137,5 @@ const UI = (() => {
     run();
   }
 
-  return { getJSON, post, bytes, seconds, fill, badge, modelCells, poll, showError };
+  return { getJSON, post, bytes, seconds, fill, badge, modelCells, actionButton, modelActions, poll, showError };
 })();

@@ -8,24 +8,6 @@
   const modelsBody = document.querySelector("#models tbody");
   const requestsBody = document.querySelector("#requests tbody");
 
-  function actionButton(model, action, label) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = label;
-    button.dataset.action = action;
-    button.dataset.model = model;
-    return button;
-  }
-
-  function actions(m) {
-    const span = document.createElement("span");
-    span.className = "actions";
-    if (m.state === "unloaded") span.append(actionButton(m.name, "load", "Load"));
-    if (!m.pinned && m.state !== "unloading") span.append(actionButton(m.name, "pin", "Pin"));
-    if (m.state === "loaded" || m.state === "loading") span.append(actionButton(m.name, "unload", "Unload"));
-    return span;
-  }
-
   modelsBody.addEventListener("click", async (event) => {
     const button = event.target.closest("button[data-action]");
     if (!button) return;
@@ -102,7 +84,7 @@
 
   async function refresh() {
     const state = await UI.getJSON("/ui/api/state");
-    UI.fill(modelsBody, state.models.map((m) => [...UI.modelCells(m), actions(m)]));
+    UI.fill(modelsBody, state.models.map((m) => [...UI.modelCells(m), UI.modelActions(m)]));
     modelsBody.querySelectorAll("tr").forEach((tr, i) => { tr.dataset.model = state.models[i].name; tr.dataset.state = state.models[i].state; });
     showLoad(state.history, state.used_bytes, state.memory_budget_bytes);
     showRequests(state.requests, state.prompt_text);
