@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -134,6 +135,34 @@ def test_a_wrong_gateway_key_is_401_in_each_api_s_envelope(lab: Lab) -> None:
             model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
         )
     assert anthropic_error.value.body and "gateway API key" in str(anthropic_error.value.body)
+
+
+def test_the_lab_view_at_the_gateway_logs_in_with_its_key_and_shows_each_host(lab: Lab) -> None:
+    """HAProxy passes /ui without the key (the login form is what sets it); the pages check it."""
+    assert _ask(lab.openai())  # `a` has routed at least one request
+    with httpx.Client(base_url=lab.url, timeout=TIMEOUT) as client:
+        assert client.get("/ui/").headers["location"] == "/ui/lab"
+        page = client.get("/ui/lab")
+        assert page.status_code == 303 and page.headers["location"] == "/ui/login?next=/ui/lab"
+        assert 'id="key"' in client.get(page.headers["location"]).text
+        refused = client.get("/ui/api/lab")
+        assert refused.status_code == 401 and "log in at /ui/login" in refused.text
+        wrong = client.post("/ui/login", data={"key": KEYS["a"], "next": "/ui/lab"})
+        assert "set-cookie" not in wrong.headers and "failed=true" in wrong.headers["location"]
+        logged_in = client.post("/ui/login", data={"key": GATEWAY_KEY, "next": "/ui/lab"})
+        assert logged_in.headers["location"] == "/ui/lab" and "HttpOnly" in logged_in.headers["set-cookie"]
+        assert client.get("/ui/lab").status_code == 200
+        shown = {h["name"]: h for h in client.get("/ui/api/lab").json()["hosts"]}
+        assert client.get("/v1/models").status_code == 401  # the cookie opens the pages, not the API
+    known = lab.hosts()
+    assert set(shown) == {"a", "b"}
+    for name in ("a", "b"):
+        assert shown[name]["reachable"] and shown[name]["health"] == "ok"
+        assert shown[name]["gateway"]["state"] == known[name]["state"] == "up"
+        assert shown[name]["gateway"]["routed"] == known[name]["routed"]
+    assert known["a"]["routed"] >= 1
+    loaded = {m["name"]: m for m in shown["a"]["models"]}
+    assert loaded[MODEL]["state"] == "loaded" and loaded[MODEL]["resident_bytes"]  # the host's own rows
 
 
 def test_host_keys_stay_out_of_logs_and_config_unless_revealed(lab: Lab) -> None:
