@@ -165,6 +165,27 @@ def test_the_lab_view_at_the_gateway_logs_in_with_its_key_and_shows_each_host(la
     assert loaded[MODEL]["state"] == "loaded" and loaded[MODEL]["resident_bytes"]  # the host's own rows
 
 
+def test_the_lab_page_at_the_gateway_shows_its_hosts_in_a_browser(lab: Lab) -> None:
+    pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+
+    from tests.fixtures.browser import chromium, console_errors, shot, until
+
+    with chromium() as page:
+        page.get(f"{lab.url}/ui/lab")
+        until(page, lambda d: d.find_elements(By.ID, "key"))
+        page.find_element(By.ID, "key").send_keys(GATEWAY_KEY)
+        page.find_element(By.ID, "login").click()
+        rows = until(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#gateway tbody tr"))
+        assert isinstance(rows, list)
+        cells = {row.text.split()[0]: row.text.split() for row in rows}
+        assert cells["a"][:2] == ["a", "up"] and cells["b"][:2] == ["b", "up"], cells
+        assert page.find_element(By.ID, "gateway-card").is_displayed()
+        until(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#lab-models tbody tr"))
+        shot(page, "gateway-lab")
+        assert console_errors(page) == []
+
+
 def test_host_keys_stay_out_of_logs_and_config_unless_revealed(lab: Lab) -> None:
     shown = gateway.config_text(lab.settings, lab.engine)
     revealed = gateway.config_text(lab.settings, lab.engine, reveal=True)
