@@ -2,9 +2,10 @@
 
 Host `a` (priority 0) and host `b` (priority 1, which also serves the alias `only-b`) each have their own
 key; clients use the gateway's. Through the official SDKs: routing by model name and by priority,
-streams equal to direct ones, the gateway key checked, host keys kept out of logs and `gateway.config`,
-and last (it kills `a`): a host stopped mid-run loses no non-streaming request, a started stream is not
-replayed, and the host takes traffic again once it is back.
+streams equal to direct ones, the gateway key checked, the lab view at the gateway's address (its
+login form, in httpx and in Chromium), host keys kept out of logs and `gateway.config`, and last (it
+kills `a`): a host stopped mid-run loses no non-streaming request, a started stream is not replayed,
+and the host takes traffic again once it is back.
 """
 
 from __future__ import annotations
