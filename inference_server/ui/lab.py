@@ -26,6 +26,19 @@ from inference_server.ui.site import page
 
 
 @dataclass(frozen=True)
+class GatewayView:
+    """What the gateway in front of a host knows of it (GET /gateway/state's row): its lab view only."""
+
+    state: str  # up, cooling (failed a request, probed again after the cool-down), down, drained
+    priority: int = 0
+    weight: int = 1
+    in_flight: int = 0
+    routed: int = 0
+    retried: int = 0
+    detail: str = ""  # what the last poll of the host found
+
+
+@dataclass(frozen=True)
 class HostView:
     name: str
     reachable: bool
@@ -38,6 +51,7 @@ class HostView:
     # Rows in the shape of GET /admin/models' "models" (name, state, pinned, resident_bytes, ...).
     models: list[dict[str, object]] = field(default_factory=list)
     problem: str = ""
+    gateway: GatewayView | None = None
 
 
 LabSource = Callable[[], list[HostView]]

@@ -1,7 +1,8 @@
 """The gateway: one endpoint for the lab, HAProxy routing to each host's server, our controller beside it.
 
 `start` writes the plan (engine settings and hosts, keys included: mode 600) to lab_gateway.state_dir and
-starts the controller (tasks.core.gateway_controller) detached, which runs HAProxy. The process is
+starts the controller (tasks.core.gateway_controller) detached, which runs HAProxy and the lab view's
+process (tasks.core.gateway_dashboard). The process is
 recorded and stopped as the server's is (tasks.core.server_state, tasks.core.server.stop). `drain`,
 `resume` and `lab_state` talk to the controller's unix socket; with no gateway running they say so and
 change nothing, so fleet.deploy may call them on any host.
@@ -121,6 +122,7 @@ def start(settings: Settings, engine: Engine) -> str:
     plan = {
         "engine": {**asdict(engine), "state_dir": str(engine.state_dir)},
         "hosts": [asdict(h) for h in hosts(settings)],
+        "allowed_hosts": settings.server.allowed_hosts,  # the Host names a keyless lab view answers
     }
     with server_state.start_lock(state):
         found = server_state.look(state)
@@ -179,8 +181,12 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def _control(settings: Settings, method: str, path: str) -> dict[str, Any]:
-    """One request to the running gateway's controller."""
-    connection = _UnixConnection(settings.lab_gateway.state_dir / "control.sock", CONTROL_TIMEOUT_S)
+    return control(settings.lab_gateway.state_dir / "control.sock", method, path)
+
+
+def control(socket_path: Path, method: str, path: str) -> dict[str, Any]:
+    """One request to the running gateway's controller (the tasks', and the gateway's lab view's)."""
+    connection = _UnixConnection(socket_path, CONTROL_TIMEOUT_S)
     try:
         connection.request(method, path)
         response = connection.getresponse()

@@ -5,7 +5,8 @@ HAProxy routes; this keeps its configuration true to the lab. Every lab_gateway.
 (tasks.core.haproxy) and reloads HAProxy when it changed. It also answers what HAProxy cannot: the union
 of the lab's models at `/v1/models`, the lab's state as JSON at `/gateway/state`, and drain/resume at
 `POST /gateway/hosts/NAME/drain|resume` — on a unix socket HAProxy forwards to (behind the gateway key)
-and the tasks use directly. Standard library only.
+and the tasks use directly. It also keeps the lab view's process running (tasks.core.gateway_dashboard,
+which HAProxy serves at /ui). Standard library only.
 
 Run: `python -m tasks.core.gateway_controller PLAN.json` (the plan gateway.start writes, mode 600).
 """
@@ -17,6 +18,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import socketserver
 import subprocess
 import sys
@@ -59,7 +61,8 @@ def _poll(host: Host) -> Seen:
 
 
 def _die_with_parent() -> None:
-    """HAProxy gets SIGTERM when the controller dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG).
+    """HAProxy (and the lab view) get SIGTERM when the controller dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG).
     Runs in the forked child: prctl is looked up beforehand, in the parent."""
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGTERM)
@@ -69,15 +72,18 @@ _PRCTL = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 
 class Controller:
-    def __init__(self, engine: Engine, hosts: list[Host]) -> None:
+    def __init__(self, engine: Engine, hosts: list[Host], plan: Path) -> None:
         self.engine = engine
         self.hosts = hosts
+        self.plan = plan
         self.seen: dict[str, Seen] = {h.name: Seen() for h in hosts}
         self.drained: set[str] = self._read_drained()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.process: subprocess.Popen[bytes] | None = None
+        self.dashboard: subprocess.Popen[bytes] | None = None
+        self.dashboard_socket: socket.socket | None = None
         self.applied = ""
         self.counted: dict[int, dict[str, tuple[int, int]]] = {}  # worker pid -> host -> routed, retried
 
@@ -122,6 +128,20 @@ class Controller:
                 self.process.send_signal(signal.SIGUSR2)  # seamless: old workers finish their requests
             self.applied = text
 
+    def keep_dashboard(self) -> None:
+        """(Re)start the lab view's process when it is not running; it reads the same plan. Its socket
+        is ours, listening before HAProxy starts: a page asked for early waits in the backlog."""
+        if self.dashboard_socket is None:
+            self.dashboard_socket = _listening(self.engine.dashboard_socket)
+        if self.dashboard is None or self.dashboard.poll() is not None:
+            fd = self.dashboard_socket.fileno()
+            self.dashboard = subprocess.Popen(
+                [sys.executable, "-m", "tasks.core.gateway_dashboard", str(self.plan), str(fd)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=[fd],
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+
     def rows(self) -> list[haproxy.ServerStats]:
         """The engine's server rows now; each worker's last counters kept, so totals survive reloads."""
         pid, rows = haproxy.stats(self.engine.stats_socket)
@@ -151,6 +171,7 @@ class Controller:
                     seen.models = self.seen[host.name].models
                 self.seen[host.name] = seen
             self.apply()
+            self.keep_dashboard()
             self.wake.wait(self.engine.poll_s)
             self.wake.clear()
 
@@ -217,6 +238,8 @@ class Controller:
     def stop(self) -> None:
         """SIGUSR1: HAProxy stops listening and exits once in-flight requests end (hard-stop-after)."""
         self.finish()
+        if self.dashboard and self.dashboard.poll() is None:
+            self.dashboard.terminate()  # uvicorn ends its open requests first
         with self.lock:
             if self.process and self.process.poll() is None:
                 self.process.send_signal(signal.SIGUSR1)
@@ -225,6 +248,15 @@ class Controller:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
+        if self.dashboard:
+            try:
+                self.dashboard.wait(self.engine.stop_grace_s + 2)
+            except subprocess.TimeoutExpired:
+                self.dashboard.kill()
+                self.dashboard.wait()
+        if self.dashboard_socket:
+            self.dashboard_socket.close()
+            self.engine.dashboard_socket.unlink(missing_ok=True)
 
 
 def _handler(controller: Controller) -> type[BaseHTTPRequestHandler]:
@@ -274,6 +306,20 @@ def _handler(controller: Controller) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _listening(path: Path) -> socket.socket:
+    """A private unix socket, listening (HAProxy runs as the same user)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock
+
+
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
@@ -282,21 +328,23 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         return conn, ("control", 0)  # http.server wants an (address, port) pair
 
 
-def _plan(path: Path) -> tuple[Engine, list[Host]]:
+def read_plan(path: Path) -> tuple[Engine, list[Host]]:
+    """The engine and hosts of the plan gateway.start wrote (the lab view's process reads it too)."""
     plan = json.loads(path.read_text())
     engine = Engine(**{**plan["engine"], "state_dir": Path(plan["engine"]["state_dir"])})
     return engine, [Host(**h) for h in plan["hosts"]]
 
 
 def main(argv: list[str]) -> None:
-    engine, hosts = _plan(Path(argv[0]))
-    controller = Controller(engine, hosts)
+    engine, hosts = read_plan(Path(argv[0]))
+    controller = Controller(engine, hosts, Path(argv[0]))
     with contextlib.suppress(FileNotFoundError):
         engine.control_socket.unlink()
     server = _UnixServer(str(engine.control_socket), _handler(controller))
     os.chmod(engine.control_socket, 0o600)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: controller.finish())
+    controller.keep_dashboard()
     print(f"gateway: {len(hosts)} hosts, listening on {engine.listen}", flush=True)
     try:
         controller.run()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONTROL = "control"  # the backend of the controller: /health, /v1/models, /gateway/*
+DASHBOARD = "dashboard"  # the lab view's process (tasks.core.gateway_dashboard): /ui and /ui/*
 ANYWHERE = "anywhere"  # a model no host lists (an alias pattern, say): every host, by priority
 
 
@@ -77,6 +78,10 @@ class Engine:
     def control_socket(self) -> Path:
         return self.state_dir / "control.sock"
 
+    @property
+    def dashboard_socket(self) -> Path:
+        return self.state_dir / "dashboard.sock"
+
     def host_socket(self, host: Host) -> Path:
         return self.state_dir / f"host-{host.name}.sock"
 
@@ -131,14 +136,20 @@ def config(engine: Engine, hosts: list[Host], routes: dict[str, list[Route]], dr
         "frontend gateway",
         f"    bind {engine.listen}",
         "    acl health path /health",
+        # The pages check the gateway key themselves: their login form is what sets it (as a cookie).
+        "    acl dashboard path /ui",
+        "    acl dashboard path_beg /ui/",
     ]
     if engine.api_key:
         lines += [
             f"    acl key_ok req.hdr(authorization) -m str {_quoted('Bearer ' + engine.api_key)}",
             f"    acl key_ok req.hdr(x-api-key) -m str {_quoted(engine.api_key)}",
-            *_returns(401, "authentication_error", "wrong or missing gateway API key", "!health !key_ok"),
+            *_returns(
+                401, "authentication_error", "wrong or missing gateway API key", "!health !dashboard !key_ok"
+            ),
         ]
     lines += [
+        f"    use_backend {DASHBOARD} if dashboard",
         "    use_backend control if health || { path /v1/models } || { path_beg /v1/models/ }"
         " || { path_beg /gateway/ }",
         "    http-request set-var(txn.model) req.body,json_query('$.model') if METH_POST",
@@ -154,6 +165,9 @@ def config(engine: Engine, hosts: list[Host], routes: dict[str, list[Route]], dr
     lines += [
         f"backend {CONTROL}",
         f"    server controller unix@{engine.control_socket}",
+        "",
+        f"backend {DASHBOARD}",
+        f"    server pages unix@{engine.dashboard_socket}",
         "",
     ]
     for host in hosts:
@@ -288,6 +302,5 @@ def set_state(stats_socket: Path, backends: list[str], host: str, state: str) ->
 
 def backends(text: str) -> list[str]:
     """The model backends of a generated configuration."""
-    return [
-        line.split()[1] for line in text.splitlines() if line.startswith("backend ") and CONTROL not in line
-    ]
+    named = [line.split()[1] for line in text.splitlines() if line.startswith("backend ")]
+    return [name for name in named if name.startswith("model_") or name == ANYWHERE]

@@ -1,12 +1,11 @@
-"""The dashboard in a real browser: headless Chromium from Debian, driven by Selenium, against a
-real server on the two bundled models. Every wait is on the page's DOM (WebDriverWait); each page's
+"""The dashboard in a real browser (tests.fixtures.browser: headless Chromium from Debian, driven by
+Selenium) against a real server on the two bundled models. Every wait is on the page's DOM; each page's
 screenshot goes to tests/artifacts/dashboard/ (gitignored)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -24,16 +23,13 @@ from tests.fixtures.sshd import Lab, cli, fleet_dashboard
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).parents[1] / "artifacts" / "dashboard"
 SMALL, OTHER = "smollm2", "gemma3"
-WAIT_S = 60  # the machine is small and shared; every wait ends as soon as its condition holds
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from tests.fixtures.browser import chromium, console_errors, shot, until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip("no Debian chromium: apt-get install chromium chromium-driver (bootstrap.sh --dev)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1100"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +60,6 @@ def page(browser: WebDriver, server: RunningServer) -> WebDriver:
     assert browser.current_url == f"{server.url}/ui/"
     console_errors(browser)  # the wrong key's redirect is no page error: start the count here
     return browser
-
-
-def until(driver: WebDriver, condition: object) -> object:
-    return WebDriverWait(driver, WAIT_S).until(condition)
-
-
-def shot(driver: WebDriver, name: str) -> None:
-    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-
-
-def console_errors(driver: WebDriver) -> list[str]:
-    """The console's errors since the last call (reading the log empties it)."""
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def model_row(state: str, name: str) -> str:

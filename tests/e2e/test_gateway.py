@@ -2,9 +2,10 @@
 
 Host `a` (priority 0) and host `b` (priority 1, which also serves the alias `only-b`) each have their own
 key; clients use the gateway's. Through the official SDKs: routing by model name and by priority,
-streams equal to direct ones, the gateway key checked, host keys kept out of logs and `gateway.config`,
-and last (it kills `a`): a host stopped mid-run loses no non-streaming request, a started stream is not
-replayed, and the host takes traffic again once it is back.
+streams equal to direct ones, the gateway key checked, the lab view at the gateway's address (its
+login form, in httpx and in Chromium), host keys kept out of logs and `gateway.config`, and last (it
+kills `a`): a host stopped mid-run loses no non-streaming request, a started stream is not replayed,
+and the host takes traffic again once it is back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -134,6 +136,55 @@ def test_a_wrong_gateway_key_is_401_in_each_api_s_envelope(lab: Lab) -> None:
             model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
         )
     assert anthropic_error.value.body and "gateway API key" in str(anthropic_error.value.body)
+
+
+def test_the_lab_view_at_the_gateway_logs_in_with_its_key_and_shows_each_host(lab: Lab) -> None:
+    """HAProxy passes /ui without the key (the login form is what sets it); the pages check it."""
+    assert _ask(lab.openai())  # `a` has routed at least one request
+    with httpx.Client(base_url=lab.url, timeout=TIMEOUT) as client:
+        assert client.get("/ui/").headers["location"] == "/ui/lab"
+        page = client.get("/ui/lab")
+        assert page.status_code == 303 and page.headers["location"] == "/ui/login?next=/ui/lab"
+        assert 'id="key"' in client.get(page.headers["location"]).text
+        refused = client.get("/ui/api/lab")
+        assert refused.status_code == 401 and "log in at /ui/login" in refused.text
+        wrong = client.post("/ui/login", data={"key": KEYS["a"], "next": "/ui/lab"})
+        assert "set-cookie" not in wrong.headers and "failed=true" in wrong.headers["location"]
+        logged_in = client.post("/ui/login", data={"key": GATEWAY_KEY, "next": "/ui/lab"})
+        assert logged_in.headers["location"] == "/ui/lab" and "HttpOnly" in logged_in.headers["set-cookie"]
+        assert client.get("/ui/lab").status_code == 200
+        shown = {h["name"]: h for h in client.get("/ui/api/lab").json()["hosts"]}
+        assert client.get("/v1/models").status_code == 401  # the cookie opens the pages, not the API
+    known = lab.hosts()
+    assert set(shown) == {"a", "b"}
+    for name in ("a", "b"):
+        assert shown[name]["reachable"] and shown[name]["health"] == "ok"
+        assert shown[name]["gateway"]["state"] == known[name]["state"] == "up"
+        assert shown[name]["gateway"]["routed"] == known[name]["routed"]
+    assert known["a"]["routed"] >= 1
+    loaded = {m["name"]: m for m in shown["a"]["models"]}
+    assert loaded[MODEL]["state"] == "loaded" and loaded[MODEL]["resident_bytes"]  # the host's own rows
+
+
+def test_the_lab_page_at_the_gateway_shows_its_hosts_in_a_browser(lab: Lab) -> None:
+    pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+
+    from tests.fixtures.browser import chromium, console_errors, shot, until
+
+    with chromium() as page:
+        page.get(f"{lab.url}/ui/lab")
+        until(page, lambda d: d.find_elements(By.ID, "key"))
+        page.find_element(By.ID, "key").send_keys(GATEWAY_KEY)
+        page.find_element(By.ID, "login").click()
+        rows = until(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#gateway tbody tr"))
+        assert isinstance(rows, list)
+        cells = {row.text.split()[0]: row.text.split() for row in rows}
+        assert cells["a"][:2] == ["a", "up"] and cells["b"][:2] == ["b", "up"], cells
+        assert page.find_element(By.ID, "gateway-card").is_displayed()
+        until(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#lab-models tbody tr"))
+        shot(page, "gateway-lab")
+        assert console_errors(page) == []
 
 
 def test_host_keys_stay_out_of_logs_and_config_unless_revealed(lab: Lab) -> None:

@@ -59,3 +59,8 @@ def test_listening_off_loopback_without_a_key_is_refused() -> None:
     with pytest.raises(HomelabError, match="without a key"):
         gateway.engine(config.load(), host="0.0.0.0")
     assert gateway.engine(config.load(), host="0.0.0.0", key="k").listen.startswith("0.0.0.0:")
+
+
+def test_drain_touches_the_model_backends_only_never_the_dashboard_or_the_controller() -> None:
+    text = haproxy.config(ENGINE, [BIG, NUC], {"m": [Route(BIG, True, False)]}, set())
+    assert haproxy.backends(text) == ["model_0", haproxy.ANYWHERE]

@@ -12,6 +12,19 @@
     return value === null || value === undefined ? "–" : value.toFixed(1) + " GB";
   }
 
+  const gateway = document.querySelector("#gateway tbody");
+  const GATEWAY_KIND = { up: "ok", cooling: "loading", drained: "loading" };
+
+  /* What the gateway knows of each host: only the gateway's lab view has it. */
+  function showGateway(rows) {
+    const seen = rows.filter((h) => h.gateway);
+    document.getElementById("gateway-card").hidden = seen.length === 0;
+    UI.fill(gateway, seen.map((h) => [
+      h.name, UI.badge(h.gateway.state, GATEWAY_KIND[h.gateway.state] || "failed"), h.gateway.priority,
+      h.gateway.weight, h.gateway.in_flight, h.gateway.routed, h.gateway.retried, h.gateway.detail,
+    ]));
+  }
+
   function say(text, failed) {
     said.textContent = text;
     said.classList.toggle("error", Boolean(failed));
@@ -37,6 +50,7 @@
   function show(lab) {
     shown = lab;
     UI.fill(hosts, lab.map(hostRow));
+    showGateway(lab);
     const rows = lab.flatMap((h) => h.models.map((m) => [h, m]));
     UI.fill(models, rows.map(([h, m]) => modelRow(h, m)));
     models.querySelectorAll("tr").forEach((tr, i) => {
