@@ -13,14 +13,13 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tasks.core import server_state
-from tasks.core.config import PROJECT_ROOT, GatewaySettings, Settings
+from tasks.core.config import GatewaySettings, Settings
 from tasks.core.errors import HomelabError
 from tasks.core.files import PRIVATE, write_atomically
 from tasks.core.haproxy import Engine, Host
@@ -135,16 +134,7 @@ def start(settings: Settings, engine: Engine) -> str:
             raise HomelabError(f"port {port} on {host} is already in use", "pick another with --port")
         write_atomically(state.settings, json.dumps(plan, indent=2), mode=PRIVATE)
         command = [sys.executable, "-m", "tasks.core.gateway_controller", str(state.settings)]
-        with state.log.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=PROJECT_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        recorded = server_state.record(state, process.pid, command)
+        process, recorded = core.launch(state, command)
     where = url(engine)
     problem = (
         core.wait_healthy(where, process, settings.lab_gateway.start_timeout_s) if recorded else "it exited"

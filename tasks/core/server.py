@@ -222,16 +222,7 @@ def start(served: ServerSettings, files: StateFiles, timeout_s: float) -> Status
             )
         write_atomically(files.settings, served.model_dump_json(indent=2), mode=PRIVATE)
         command = [sys.executable, "-m", "inference_server", "--settings", str(files.settings)]
-        with files.log.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=PROJECT_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        recorded = server_state.record(files, process.pid, command)
+        process, recorded = launch(files, command)
     if recorded:
         problem = wait_healthy(client_url(served), process, timeout_s)
     elif process.poll() is not None:
@@ -539,6 +530,21 @@ def _error_message(text: str) -> str:
         return str(json.loads(text)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return text[:200]
+
+
+def launch(files: server_state.StateFiles, command: list[str]) -> tuple[subprocess.Popen[bytes], bool]:
+    """Start a process of ours that outlives this task: its own session, stdin closed, its output in
+    `files.log`, its pid recorded; and whether the record took (see server_state.record)."""
+    with files.log.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, server_state.record(files, process.pid, command)
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes] | None, timeout_s: float) -> str:
