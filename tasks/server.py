@@ -261,8 +261,10 @@ def _print_helpers(files: Any) -> None:
         state = "ok"
     except HomelabError as exc:
         helpers, state = tunnels.helpers, exc.message
-    rows = [(h.host, h.pid, h.port, h.local, describe_size(h.sent_bytes), state) for h in helpers]
-    print_table("RPC helpers", ["host", "rpc-server pid", "port there", "tunnel here", "sent", "state"], rows)
+    sizes = [map(describe_size, (h.share_bytes, h.free_bytes, h.sent_bytes)) for h in helpers]
+    rows = [(h.host, h.pid, h.port, h.local, *size, state) for h, size in zip(helpers, sizes, strict=True)]
+    columns = ["host", "rpc-server pid", "port there", "tunnel here", "share", "free there", "sent", "state"]
+    print_table("RPC helpers", columns, rows)
 
 
 @task(help={"all": "also list the models that are not loaded", "json": JSON_HELP})
@@ -455,7 +457,10 @@ def claude(c: Context, print_only: bool = False) -> None:
 def rpc_helper(c: Context) -> None:
     """Become llama.cpp's rpc-server on a free port of 127.0.0.1 (server.start --rpc runs it over SSH).
 
-    Its weight cache (-c) lives in server.state_dir, so a second start does not resend the weights."""
+    Its weight cache (-c) lives in server.state_dir, so a second start does not resend the weights; the
+    room it reports for the model's share is this host's available memory, capped by its own
+    server.memory_budget_mb when set."""
     from tasks.core import rpc
 
-    rpc.exec_helper(_state(c)[1].folder)
+    settings, files = _state(c)
+    rpc.exec_helper(files.folder, settings.server.memory_budget_mb * 2**20)

@@ -52,9 +52,9 @@ def rpc_server_binary(root: Path = PROJECT_ROOT) -> Path:
     return root / ".tools" / f"llama.cpp-{llama_cpp_version()}" / "bin" / "rpc-server"
 
 
-def exec_helper(state_dir: Path) -> None:
+def exec_helper(state_dir: Path, budget_bytes: int) -> None:
     """On a helper host: become rpc-server on a free loopback port, with its weight cache in the
-    server's state dir; the first line says the pid and port."""
+    server's state dir; the first line says the pid, the port and the room here (`free_bytes`)."""
     binary = rpc_server_binary()
     if not binary.exists():
         raise HomelabError(f"no rpc-server at {binary}", "build it: bash bootstrap.sh")
@@ -63,9 +63,19 @@ def exec_helper(state_dir: Path) -> None:
         port = probe.getsockname()[1]
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LLAMA_CACHE": str(state_dir / "rpc-cache")}
-    print(f"{STARTED} {os.getpid()} {port}", flush=True)
+    print(f"{STARTED} {os.getpid()} {port} {free_bytes(budget_bytes)}", flush=True)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     os.execve(binary, [str(binary), "-H", "127.0.0.1", "-p", str(port), "-t", str(threads), "-c"], env)
+
+
+def free_bytes(budget_bytes: int) -> int:
+    """The memory a model's layers may take on this host: what it has available, capped by its own
+    server.memory_budget_mb when set. Not llama.cpp's device query: for a CPU device (a helper without
+    a GPU) it reports all RAM as free, and this rpc-server has no -m flag to cap it."""
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    return min(available, budget_bytes) if budget_bytes else available
 
 
 @dataclass
@@ -77,6 +87,8 @@ class Helper:
     port: int  # rpc-server's, on the helper's loopback
     local: str = ""  # 127.0.0.1:PORT here
     sent_bytes: int = 0  # through the tunnel to rpc-server (weights, then activations)
+    free_bytes: int = 0  # the room there when rpc-server started (tasks.core.rpc.free_bytes)
+    share_bytes: int = 0  # what it holds of the model (its layers' weights and KV cache)
 
 
 @dataclass
@@ -96,9 +108,12 @@ def keeper_file(state_dir: Path) -> Path:
     return state_dir / "rpc-tunnels.json"
 
 
-def open_tunnels(config: Any, settings: Settings, hosts: list[str], state_dir: Path) -> Tunnels:
+def open_tunnels(
+    config: Any, settings: Settings, hosts: list[str], state_dir: Path, share_bytes: int
+) -> Tunnels:
     """Fork the tunnel keeper, wait until every helper answers through its tunnel, record it; a helper
-    that cannot be reached or started fails the whole start with one line naming it."""
+    that cannot be reached or started, or has no room for its `share_bytes` of the model, fails the
+    whole start with one line naming it."""
     from tasks.core import remote
 
     targets = [remote.resolve(name, settings) for name in hosts]
@@ -111,7 +126,7 @@ def open_tunnels(config: Any, settings: Settings, hosts: list[str], state_dir: P
         os.setsid()
         code = 0
         try:
-            _keep(config, settings, targets, watch, os.fdopen(writer, "w"))
+            _keep(config, settings, targets, share_bytes, watch, os.fdopen(writer, "w"))
         except BaseException:
             code = 1
         finally:
@@ -177,7 +192,9 @@ def _end(pid: int) -> None:
 # -- the keeper process -------------------------------------------------------------------------
 
 
-def _keep(config: Any, settings: Settings, targets: list[remote.Target], watch: Path, ready: Any) -> None:
+def _keep(
+    config: Any, settings: Settings, targets: list[remote.Target], share_bytes: int, watch: Path, ready: Any
+) -> None:
     """Start every helper, forward a loopback port to each, report on `ready`, then watch them."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -187,7 +204,7 @@ def _keep(config: Any, settings: Settings, targets: list[remote.Target], watch: 
     helpers: list[tuple[Helper, Any, Any]] = []
     try:
         for target in targets:
-            helpers.append(_start_helper(config, settings, target))
+            helpers.append(_start_helper(config, settings, target, share_bytes))
     except HomelabError as exc:
         ready.write(json.dumps({"problem": exc.problem, "fix": exc.fix}) + "\n")
         ready.close()
@@ -244,9 +261,12 @@ def _keep(config: Any, settings: Settings, targets: list[remote.Target], watch: 
     watch.unlink(missing_ok=True)
 
 
-def _start_helper(config: Any, settings: Settings, target: remote.Target) -> tuple[Helper, Any, Any]:
+def _start_helper(
+    config: Any, settings: Settings, target: remote.Target, share_bytes: int
+) -> tuple[Helper, Any, Any]:
     """rpc-server on `target` (through `inv server.rpc-helper` in its checkout, on a pty so it ends
-    with the connection), and a forward from a loopback port here to it, probed once."""
+    with the connection), refused if its share does not fit there, and a forward from a loopback port
+    here to it, probed once."""
     from tasks.core import remote, ssh
 
     connection = remote.open_connection(target, config, settings)
@@ -266,13 +286,14 @@ def _start_helper(config: Any, settings: Settings, target: remote.Target) -> tup
         for line in output:
             seen.append(line.strip())
             if line.startswith(STARTED):
-                pid, port = map(int, line.split()[-2:])
+                pid, port, free = map(int, line.split()[-3:])
                 break
         else:
             said = " / ".join(s for s in seen if s)[-300:] or "no output"
             raise HomelabError(f"{target.name}: rpc-server did not start ({said})", "bash bootstrap.sh there")
         channel.settimeout(None)
-        helper = Helper(target.name, pid, port)
+        helper = Helper(target.name, pid, port, free_bytes=free, share_bytes=share_bytes)
+        refuse_unless_room(helper)
         _probe(transport, helper, channel)
         helper.local = _forward(transport, helper)
         return helper, connection, channel
@@ -285,6 +306,20 @@ def _start_helper(config: Any, settings: Settings, target: remote.Target) -> tup
         if error is None:
             raise HomelabError(f"{target.name}: cannot start rpc-server ({exc})") from None
         raise error from None
+
+
+def refuse_unless_room(helper: Helper) -> None:
+    """Refuse a helper whose share of the model does not fit the room it has, before the model loads
+    rather than when that host runs out of memory."""
+    from tasks.core.catalog import describe_size
+
+    if helper.share_bytes > helper.free_bytes:
+        raise HomelabError(
+            f"{helper.host}: its share of the model needs {describe_size(helper.share_bytes)} but it has "
+            f"{describe_size(helper.free_bytes)} free (its available memory, or its server.memory_budget_mb)",
+            "add another helper to --rpc (each then holds fewer layers), free memory there, "
+            "or serve a smaller model",
+        )
 
 
 def _probe(transport: Any, helper: Helper, channel: Any) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -30,6 +30,9 @@ from tasks.core.errors import HomelabError
 from tasks.core.files import PRIVATE, write_atomically
 from tasks.core.processes import alive
 from tasks.core.server_state import Endpoint, Running, Stale, StateFiles
+
+if TYPE_CHECKING:
+    from inference_server.pool import Footprint
 
 SHUTDOWN_MARGIN_S = 5.0  # after the grace period the engine still has to stop its worker
 CHAT_TIMEOUT_S = 300.0  # also a load's: a big model from a cold disk
@@ -104,13 +107,23 @@ def served_settings(
             f"server.pinned names {sorted(unknown_pins)}, which this server does not serve",
             "install them or add them to server.models",
         )
-    from inference_server import pool  # FastAPI and the engines' tables: only starting needs them
-
-    tunnels = ["127.0.0.1:0"] * rpc_helpers  # stand-ins for the endpoints: only their number counts
-    need = pool.footprint(served.default, served.model_copy(update={"rpc_servers": tunnels}))
+    need = _footprint(served, rpc_helpers)
     if need.bytes > served.memory_budget_bytes:
         raise HomelabError(need.too_big(default.name, served.memory_budget_bytes))
     return served
+
+
+def _footprint(served: ServerSettings, helpers: int) -> Footprint:
+    """The default model's footprint with `helpers` rpc-servers holding an even share of its layers."""
+    from inference_server import pool  # FastAPI and the engines' tables: only starting needs them
+
+    tunnels = ["127.0.0.1:0"] * helpers  # stand-ins for the endpoints: only their number counts
+    return pool.footprint(served.default, served.model_copy(update={"rpc_servers": tunnels}))
+
+
+def helper_share_bytes(served: ServerSettings, helpers: int) -> int:
+    """What each of `helpers` rpc-servers holds of the default model: its layers' weights and KV cache."""
+    return _footprint(served, helpers).on_helpers // helpers if helpers else 0
 
 
 MIB = 2**20
@@ -253,12 +266,14 @@ def start_split(
     settings: Settings,
 ) -> Status:
     """`start`, with the model's layers shared by the rpc-servers of `hosts` (tasks.core.rpc): the
-    tunnels open first, and close again if the server does not start."""
+    tunnels open first (refused where a helper's share does not fit), and close again if the server
+    does not start."""
     from tasks.core import rpc
 
     if not hosts:
         return start(served, files, timeout_s)
-    tunnels = rpc.open_tunnels(config, settings, hosts, files.folder)
+    share = helper_share_bytes(served, len(hosts))
+    tunnels = rpc.open_tunnels(config, settings, hosts, files.folder, share)
     try:
         return start(
             served.model_copy(update={"rpc_servers": tunnels.endpoints, "rpc_watch": tunnels.watch}),

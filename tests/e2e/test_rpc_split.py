@@ -3,6 +3,7 @@ started through the remote layer on a real sshd host and reached through the kee
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -89,6 +90,13 @@ def devices(url: str) -> str:
     return next(row["devices"] for row in rows if row["default"])
 
 
+def helper_rows(lab_yaml: Path) -> dict[str, dict[str, str]]:
+    """server.status's RPC helpers table, by host."""
+    done = cli("inv", lab_yaml, "server.status", "--json")
+    tables = [json.loads(line) for line in done.stdout.splitlines()]
+    return {row["host"]: row for t in tables if t["table"] == "RPC helpers" for row in t["rows"]}
+
+
 def listening(pids: list[int]) -> list[str]:
     """Every address these processes listen on."""
     found = []
@@ -123,6 +131,11 @@ def test_split_model_answers_as_the_local_one_with_layers_on_each_helper(
         assert set(listening(pids)) == {"127.0.0.1"}
         ps = cli("inv", lab_yaml, "server.ps")
         assert "RPC1" in ps.stdout, ps.stdout
+        rows = helper_rows(lab_yaml)
+        assert sorted(rows) == ["h1", "h2"], rows
+        for row in rows.values():  # a third of the weights and KV cache, in the room each has
+            assert row["share"].endswith(" MB") and float(row["share"].split()[0]) > 10, row
+            assert row["free there"].endswith((" MB", " GB")), row
     finally:
         stop(lab_yaml)
     assert rpc.running(state_dir(lab_yaml)) is None
@@ -164,4 +177,22 @@ def test_unreachable_helper_fails_the_start_in_one_line(lab_yaml: Path) -> None:
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "gone" in lines[0], done.stderr
     assert rpc.running(state_dir(lab_yaml)) is None  # h1's helper and tunnel went with the keeper
+    assert "no server running" in cli("inv", lab_yaml, "server.status").stdout
+
+
+def test_helper_without_room_for_its_share_fails_the_start_in_one_line(lab_yaml: Path, helpers: Lab) -> None:
+    own = helpers.hosts["h2"].checkout / "invoke.yaml"  # h2's own config: 1 MB for models there
+    kept = own.read_text()
+    config = yaml.safe_load(kept)
+    config["server"]["memory_budget_mb"] = 1
+    own.write_text(yaml.safe_dump(config))
+    try:
+        done = cli("inv", lab_yaml, "server.start", "--rpc", "h1,h2", timeout_s=300)
+    finally:
+        own.write_text(kept)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].count("h2:") == 1, done.stderr
+    assert "1.0 MB free" in lines[0] and "another helper" in lines[0], lines[0]
+    assert rpc.running(state_dir(lab_yaml)) is None
     assert "no server running" in cli("inv", lab_yaml, "server.status").stdout
