@@ -318,8 +318,13 @@ class OllamaServing:
     # -- what is installed and loaded --------------------------------------------------------------
 
     async def tags(self) -> p.Tags:
-        models = list(self.runtime.pool.models.values())
-        return p.Tags(models=[await asyncio.to_thread(_listed, m.spec) for m in models])
+        """Every name /v1/models lists: an alias as a copy of its model (what `ollama cp` lists)."""
+        pool = self.runtime.pool
+        listed = []
+        for name in pool.listed_names():
+            entry = await asyncio.to_thread(_listed, pool.route(name).spec)
+            listed.append(entry.model_copy(update={"name": name, "model": name}))
+        return p.Tags(models=listed)
 
     async def ps(self) -> p.Running:
         now_wall, now = time.time(), time.monotonic()

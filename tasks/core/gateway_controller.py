@@ -3,10 +3,10 @@
 HAProxy routes; this keeps its configuration true to the lab. Every lab_gateway.poll_s it reads each host's
 `/v1/models` (ids, aliases, and whether each model is loaded), regenerates the configuration
 (tasks.core.haproxy) and reloads HAProxy when it changed. It also answers what HAProxy cannot: the union
-of the lab's models at `/v1/models`, the lab's state as JSON at `/gateway/state`, and drain/resume at
-`POST /gateway/hosts/NAME/drain|resume` — on a unix socket HAProxy forwards to (behind the gateway key)
-and the tasks use directly. It also keeps the lab view's process running (tasks.core.gateway_dashboard,
-which HAProxy serves at /ui). Standard library only.
+of the lab's models at `/v1/models` (and at Ollama's `/api/tags` and `/api/ps`), the lab's state as JSON
+at `/gateway/state`, and drain/resume at `POST /gateway/hosts/NAME/drain|resume` — on a unix socket
+HAProxy forwards to (behind the gateway key) and the tasks use directly. It also keeps the lab view's
+process running (tasks.core.gateway_dashboard, which HAProxy serves at /ui). Standard library only.
 
 Run: `python -m tasks.core.gateway_controller PLAN.json` (the plan gateway.start writes, mode 600).
 """
@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -46,13 +47,18 @@ class Seen:
     detail: str = "not polled yet"
 
 
-def _poll(host: Host) -> Seen:
+def _get(host: Host, path: str) -> Any:
+    """A host's JSON at `path`, asked with its own key (raises OSError, HTTPError, ValueError)."""
     headers = {"Authorization": f"Bearer {host.api_key}"} if host.api_key else {}
-    request = urllib.request.Request(f"{host.url}/v1/models", headers=headers)
+    request = urllib.request.Request(f"{host.url}{path}", headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=POLL_TIMEOUT_S) as response:
+        return json.loads(response.read())
+
+
+def _poll(host: Host) -> Seen:
     try:
-        with opener.open(request, timeout=POLL_TIMEOUT_S) as response:
-            data = json.loads(response.read()).get("data", [])
+        data = _get(host, "/v1/models").get("data", [])
     except urllib.error.HTTPError as exc:
         return Seen(False, [], f"HTTP {exc.code} from /v1/models")
     except (OSError, ValueError) as exc:
@@ -230,6 +236,25 @@ class Controller:
                 entry["hosts"].append(host.name)
         return {"object": "list", "data": list(union.values())}
 
+    def ollama_models(self, path: str) -> dict[str, Any]:
+        """Ollama's /api/tags or /api/ps for the lab: each answering host's own list, asked now (its
+        sizes, digests and details are not in /v1/models), first host's entry per name."""
+        hosts = [h for h in self.hosts if self.seen[h.name].answered]
+
+        def listed(host: Host) -> list[Any]:
+            try:
+                return list(_get(host, path).get("models", []))
+            except (OSError, ValueError, AttributeError):  # a host that fails now is left out
+                return []
+
+        union: dict[str, Any] = {}
+        with ThreadPoolExecutor(max(len(hosts), 1)) as pool:
+            for models in pool.map(listed, hosts):
+                for model in models:
+                    if isinstance(model, dict) and "name" in model:
+                        union.setdefault(model["name"], model)
+        return {"models": list(union.values())}
+
     def finish(self) -> None:
         """End the poll loop (on SIGTERM); `stop` follows in main."""
         self.stopping.set()
@@ -287,6 +312,8 @@ def _handler(controller: Controller) -> type[BaseHTTPRequestHandler]:
                 name = self.path.removeprefix("/v1/models/")
                 found = [m for m in controller.models()["data"] if m["id"] == name]
                 self._send(200, found[0]) if found else self._not_found(f"no host serves model '{name}'")
+            elif self.path in {"/api/tags", "/api/ps"}:
+                self._send(200, controller.ollama_models(self.path))
             elif self.path == "/gateway/state":
                 self._send(200, controller.state())
             else:

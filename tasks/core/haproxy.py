@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-CONTROL = "control"  # the backend of the controller: /health, /v1/models, /gateway/*
+CONTROL = "control"  # the backend of the controller: /health, /v1/models, /api/tags|ps, /gateway/*
 DASHBOARD = "dashboard"  # the lab view's process (tasks.core.gateway_dashboard): /ui and /ui/*
 ANYWHERE = "anywhere"  # a model no host lists (an alias pattern, say): every host, by priority
 
@@ -151,7 +151,7 @@ def config(engine: Engine, hosts: list[Host], routes: dict[str, list[Route]], dr
     lines += [
         f"    use_backend {DASHBOARD} if dashboard",
         "    use_backend control if health || { path /v1/models } || { path_beg /v1/models/ }"
-        " || { path_beg /gateway/ }",
+        " || { path /api/tags } || { path /api/ps } || { path_beg /gateway/ }",
         "    http-request set-var(txn.model) req.body,json_query('$.model') if METH_POST",
     ]
     names = sorted(routes)

@@ -2,10 +2,10 @@
 
 Host `a` (priority 0) and host `b` (priority 1, which also serves the alias `only-b`) each have their own
 key; clients use the gateway's. Through the official SDKs: routing by model name and by priority,
-streams equal to direct ones, the gateway key checked, the lab view at the gateway's address (its
-login form, in httpx and in Chromium), host keys kept out of logs and `gateway.config`, and last (it
-kills `a`): a host stopped mid-run loses no non-streaming request, a started stream is not replayed,
-and the host takes traffic again once it is back.
+streams equal to direct ones, Ollama's list, chat and generate through the `ollama` client, the gateway
+key checked, the lab view at the gateway's address (its login form, in httpx and in Chromium), host keys
+kept out of logs and `gateway.config`, and last (it kills `a`): a host stopped mid-run loses no
+non-streaming request, a started stream is not replayed, and the host takes traffic again once it is back.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -91,6 +92,30 @@ def test_models_are_the_union_of_the_hosts(lab: Lab) -> None:
     assert {MODEL, "only-b"} <= set(listed)
     assert listed[MODEL].model_extra and listed[MODEL].model_extra["hosts"] == ["a", "b"]
     assert listed["only-b"].model_extra and listed["only-b"].model_extra["hosts"] == ["b"]
+
+
+def test_ollama_client_lists_the_lab_s_models_and_chats_through_the_gateway(lab: Lab) -> None:
+    """/api/tags and /api/ps are the union of the hosts' own (b's alias is only on b); /api/chat and
+    /api/generate route by the body's model, to the host that serves it."""
+    client = ollama.Client(host=lab.url, headers={"Authorization": f"Bearer {GATEWAY_KEY}"}, timeout=TIMEOUT)
+    listed = {m.model: m for m in client.list().models}
+    assert set(listed) == {m.id for m in lab.openai().models.list()} >= {MODEL, "only-b"}
+    assert listed["only-b"].digest == listed[MODEL].digest and listed[MODEL].details is not None
+    assert listed[MODEL].details.family == "llama"
+    before = lab.hosts()
+    answer = client.chat(
+        model="only-b", messages=[{"role": "user", "content": "Say hi."}], options={"num_predict": 4}
+    )
+    assert answer.message.role == "assistant" and answer.message.content and answer.done
+    generated = client.generate(model=MODEL, prompt="Hello", options={"num_predict": 4})
+    assert generated.response and generated.done
+    after = lab.hosts()
+    assert after["b"]["routed"] - before["b"]["routed"] == 1  # only-b
+    assert after["a"]["routed"] - before["a"]["routed"] == 1  # smollm2: the higher-priority host
+    assert [m.model for m in client.ps().models] == [MODEL]  # loaded on both hosts, listed once
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama.Client(host=lab.url, headers={"Authorization": f"Bearer {KEYS['a']}"}).list()
+    assert refused.value.status_code == 401
 
 
 def test_higher_priority_host_gets_the_traffic_and_a_model_goes_where_it_is(lab: Lab) -> None:

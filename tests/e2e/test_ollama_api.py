@@ -65,7 +65,9 @@ def client(server: RunningServer) -> ollama.Client:
 
 def test_list_shows_every_servable_model_with_its_header_details(client: ollama.Client) -> None:
     listed = {m.model: m for m in client.list().models}
-    assert set(listed) == {"smollm2", "gemma3"}
+    aliases = set(listed) - {"smollm2", "gemma3"}  # the plain-name aliases (claude-*), listed as copies
+    assert {"smollm2", "gemma3"} <= set(listed) and aliases
+    assert {listed[a].digest for a in aliases} <= {listed["smollm2"].digest, listed["gemma3"].digest}
     smol = listed["smollm2"]
     assert smol.details is not None and smol.digest is not None
     assert (smol.details.format, smol.details.family, smol.details.quantization_level) == (
