@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tasks.core.config_file import SECTIONS
 from tests.fixtures.sshd import Lab, cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +107,7 @@ def test_an_unknown_setting_is_one_line_naming_the_fix(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "error: no setting 'server.prot' — see `inv config.show` for every SECTION.KEY"
-        " (models, server, hosts, remote, git, test, doctor)"
+        f" ({', '.join(SECTIONS)})"
     ]
 
 

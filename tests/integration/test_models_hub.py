@@ -139,7 +139,7 @@ def test_ctrl_c_stops_the_download_and_says_how_to_resume(models_cli: ModelsCli,
     assert hub.held.wait(timeout=120), "the download never started"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     assert (
         stderr.strip()
         == "error: download interrupted — run the same command again: it resumes where it stopped"
