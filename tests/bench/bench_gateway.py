@@ -21,13 +21,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from tasks.core import config, gateway
 from tasks.core import server as core
 from tests.bench import peers
-from tests.bench.load import QUESTIONS, Round, Stream, chat_request, drive_streams, stream_chat
+from tests.bench.load import Round, drive_streams
 from tests.bench.report import BENCH_DIR, full_mode, load_line, write_json
 from tests.ports import free_port
 
@@ -99,16 +99,6 @@ def through_litellm(server: peers.Served, command: str) -> Iterator[peers.Served
             log.close()
 
 
-def turn(served: peers.Served, max_tokens: int) -> Callable[[int], Awaitable[Stream]]:
-    def start(i: int) -> Awaitable[Stream]:
-        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-        return stream_chat(
-            served.url, chat_request(served.model, messages, max_tokens), headers=served.headers
-        )
-
-    return start
-
-
 def best(rounds: list[Round]) -> Round:
     return max(rounds, key=lambda r: r.aggregate_tok_s)
 
@@ -124,7 +114,9 @@ def measure(
     order = list(targets)
     for repeat in range(repeats):
         for name in order if repeat % 2 else order[::-1]:  # none always goes first
-            cells[name].append(asyncio.run(drive_streams(turn(targets[name], max_tokens), concurrency)))
+            cells[name].append(
+                asyncio.run(drive_streams(peers.chat_turn(targets[name], max_tokens), concurrency))
+            )
     return cells
 
 
@@ -149,7 +141,9 @@ def main() -> None:
                 "litellm not installed (pip install 'litellm[proxy]', or BENCH_LITELLM=/path/to/litellm)"
             )
         for served in targets.values():
-            asyncio.run(drive_streams(turn(served, 8), 1))  # warm: model loaded, routes and pools set up
+            asyncio.run(
+                drive_streams(peers.chat_turn(served, 8), 1)
+            )  # warm: model loaded, routes and pools set up
         for concurrency in (1, 4):
             cells = measure(targets, concurrency, repeats, max_tokens)
             reference = best(cells["direct"])

@@ -21,7 +21,7 @@ from typing import Any
 from tasks.core import config
 from tasks.core import server as core
 from tests.bench import peers
-from tests.bench.load import QUESTIONS, Round, Stream, chat_request, client_tls, drive_streams, stream_chat
+from tests.bench.load import QUESTIONS, Round, Stream, client_tls, drive_streams
 from tests.bench.report import BENCH_DIR, full_mode, load_line, write_json
 
 TARGET = 0.97
@@ -62,16 +62,6 @@ async def stream_ollama_chat(served: peers.Served, question: str, max_tokens: in
     )
 
 
-def openai_turn(served: peers.Served, max_tokens: int) -> Callable[[int], Awaitable[Stream]]:
-    def start(i: int) -> Awaitable[Stream]:
-        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-        return stream_chat(
-            served.url, chat_request(served.model, messages, max_tokens), headers=served.headers
-        )
-
-    return start
-
-
 def ollama_turn(served: peers.Served, max_tokens: int) -> Callable[[int], Awaitable[Stream]]:
     def start(i: int) -> Awaitable[Stream]:
         return stream_ollama_chat(served, QUESTIONS[i % len(QUESTIONS)], max_tokens)
@@ -92,10 +82,10 @@ def main() -> None:
     before = os.getloadavg()
     cells: dict[str, dict[int, list[Round]]] = {"openai": {}, "ollama": {}}
     with peers.this_server(settings) as served:
-        asyncio.run(drive_streams(openai_turn(served, 8), 1))  # warm: the model loaded, pages touched
+        asyncio.run(drive_streams(peers.chat_turn(served, 8), 1))  # warm: the model loaded, pages touched
         for concurrency in (1, 4):
             for repeat in range(repeats):
-                turns = [("openai", openai_turn), ("ollama", ollama_turn)]
+                turns = [("openai", peers.chat_turn), ("ollama", ollama_turn)]
                 for api, turn in turns if repeat % 2 else turns[::-1]:  # neither always goes first
                     measured = asyncio.run(drive_streams(turn(served, max_tokens), concurrency))
                     cells[api].setdefault(concurrency, []).append(measured)

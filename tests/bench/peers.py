@@ -17,13 +17,14 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from inference_server.settings import ServerSettings
+from tests.bench.load import QUESTIONS, Stream, chat_request, stream_chat
 from tests.ports import free_port
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
@@ -45,6 +46,18 @@ class Served:
     @property
     def headers(self) -> dict[str, str] | None:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+
+
+def chat_turn(served: Served, max_tokens: int) -> Callable[[int], Awaitable[Stream]]:
+    """Stream i of a round: one OpenAI chat stream with its own question."""
+
+    def start(i: int) -> Awaitable[Stream]:
+        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+        return stream_chat(
+            served.url, chat_request(served.model, messages, max_tokens), headers=served.headers
+        )
+
+    return start
 
 
 @contextlib.contextmanager
