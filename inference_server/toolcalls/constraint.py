@@ -13,8 +13,10 @@ A TokenConstraint lives on the engine's worker thread: fill_mask, then sample (a
 accept, every step; stopped() ends the sequence when the grammar allows nothing more.
 
 Landing: with the request's max_tokens in the plan, the last LANDING_TOKENS tokens of the budget
-prefer, among the tokens the grammar allows inside a call or a JSON answer, those that end it soonest:
-inside a string a closing quote; outside, what closes an object or array (or ends the text), else a
+(the second half of a smaller one, so a short answer still says something) prefer, among the tokens
+the grammar allows inside a call or a JSON answer, those that end it soonest: inside a string a
+closing quote (one that leaves the string, not `", "` that opens the next; one followed by `}` or `]`
+before one followed by a comma); outside, what closes an object or array (or ends the text), else a
 quote, else a comma. An answer that would have been cut off mid-string ends valid instead (a small
 model at temperature 1 can fill a string for a thousand tokens); `landed` tells that it happened.
 """
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 LANDING_TOKENS = 64  # the end of the budget where closing tokens are preferred
+_IN_STRING = 2  # landing tiers for inside a string; the rest are for outside
 
 _MATCHER_CACHE = 32  # compiled grammars kept (Claude Code sends the same tools every request)
 
@@ -147,7 +150,7 @@ class TokenConstraint:
         landing: tuple[np.ndarray, ...] = (),
     ) -> None:
         self._template = template
-        self._land_at = max_tokens - LANDING_TOKENS if max_tokens and landing else None
+        self._land_at = max(max_tokens - LANDING_TOKENS, max_tokens // 2) if max_tokens and landing else None
         self._landing = landing
         self._used = 0
         self._in_string = self._escape = False  # where the constrained JSON is, for landing
@@ -171,7 +174,7 @@ class TokenConstraint:
         matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.size * 4)
         self._check(matcher)
         if self._land_at is not None and self._used >= self._land_at and self._armed:
-            for tier in self._landing[:1] if self._in_string else self._landing[1:]:
+            for tier in self._landing[:_IN_STRING] if self._in_string else self._landing[_IN_STRING:]:
                 preferred = row & tier
                 if preferred.any():
                     row[:] = preferred
@@ -385,27 +388,28 @@ def _special_token(text: str, tokenizer: LLTokenizer) -> int | None:
 
 
 def _landing_masks(tokenizer: LLTokenizer) -> tuple[np.ndarray, ...]:
-    """The landing tiers as masks (cached per tokenizer). In a string: tokens that begin with a quote
-    and hold only closing bytes. Outside: tokens of `"}]` that hold a `}` or `]`, and the end tokens;
+    """The landing tiers as masks (cached per tokenizer), the first _IN_STRING for inside a string.
+    In a string: tokens that begin with the one quote they hold and hold only closing bytes, first
+    those without a comma. Outside: tokens of `"}]` that hold a `}` or `]`, and the end tokens;
     tokens of `"` alone; tokens of `, ` that hold a `,`."""
     hit = _landings.get(id(tokenizer))
     if hit is not None:
         return hit[1]
-    masks = [np.zeros((tokenizer.vocab_size + 31) // 32, dtype=np.uint32) for _ in range(4)]
+    masks = [np.zeros((tokenizer.vocab_size + 31) // 32, dtype=np.uint32) for _ in range(_IN_STRING + 3)]
     ends = set(tokenizer.eos_tokens)
     closing = set(b'"}], ')
     for token in range(tokenizer.vocab_size):
         raw = tokenizer.decode_bytes([token])
         piece = set(raw)
         tiers = []
-        if raw.startswith(b'"') and piece <= closing:
-            tiers.append(0)
+        if raw.startswith(b'"') and raw.count(b'"') == 1 and piece <= closing:
+            tiers.append(1 if ord(",") in piece else 0)
         if token in ends or (piece and piece <= set(b'"}]') and piece & set(b"}]")):
-            tiers.append(1)
+            tiers.append(_IN_STRING)
         elif piece and piece <= set(b'"'):
-            tiers.append(2)
+            tiers.append(_IN_STRING + 1)
         elif piece and piece <= set(b", ") and ord(",") in piece:
-            tiers.append(3)
+            tiers.append(_IN_STRING + 2)
         for tier in tiers:
             masks[tier][token // 32] |= np.uint32(1 << (token % 32))
     words = tuple(mask.view(np.int32) for mask in masks)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 
 from inference_server.engines.base import ChatMessage, ToolSpec
@@ -212,6 +213,20 @@ def test_a_finished_call_stops_the_sequence(loop):
     assert constraint.stopped()
 
 
+def test_landing_in_a_string_leaves_it_rather_than_opening_the_next(loop):
+    """`", "` closes a string and opens the next: preferred at the budget's end it looped an open
+    object through empty keys until the budget cut it off (`{"": "", "": "", ...`)."""
+    tok = loop.grammar_tokenizer
+    constraint = compile_constraint(ConstraintPlan("json", max_tokens=8), tok)
+    feed(constraint, loop, '{"city": "Par')
+    mask = new_bitmask(tok.vocab_size)
+    assert constraint.fill_mask(mask)
+    bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[: tok.vocab_size]
+    pieces = {tok.decode_bytes([t]) for t in np.flatnonzero(bits)}
+    assert b'"}' in pieces or b'"' in pieces, pieces
+    assert all(p.startswith(b'"') and p.count(b'"') == 1 and b"," not in p for p in pieces), pieces
+
+
 # -- the model under the grammar ---------------------------------------------------------------
 
 
@@ -295,6 +310,17 @@ def test_a_budget_too_small_for_the_answer_still_ends_it_valid(loop):
         generation = loop.generate(constraint, seed=seed, max_tokens=40)
         assert generation.finish == "grammar", (seed, generation.text)
         jsonschema.validate(json.loads(generation.text), schema)
+
+
+@pytest.mark.parametrize("budget", [30, 60])
+def test_any_object_within_a_small_budget_always_parses(loop, budget):
+    """Ollama's `format: "json"` with a small num_predict: the whole budget is near its end."""
+    loop.set_prompt(loop.template.render([ChatMessage("user", "A city as JSON.")]))
+    for seed in AUTO_SEEDS:
+        constraint = compile_constraint(ConstraintPlan("json", max_tokens=budget), loop.grammar_tokenizer)
+        generation = loop.generate(constraint, seed=seed, max_tokens=budget)
+        assert generation.finish == "grammar", (seed, generation.text)
+        assert isinstance(json.loads(generation.text), dict)
 
 
 def test_auto_mode_yields_text_or_a_valid_call(loop):
