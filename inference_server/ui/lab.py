@@ -95,26 +95,32 @@ def router(access: Access, source: LabSource, actions: LabActions | None = None)
     if actions is None:
         return routes
     act: LabActions = actions  # narrowed for the routes below
+    busy: set[str] = set()  # hosts with an action running: one at a time each (two tabs, one host)
 
-    async def done(call: Callable[[], ActionDone]) -> dict[str, object]:
+    async def done(host: str, call: Callable[[], ActionDone]) -> dict[str, object]:
         if not acting:
             raise Refused("forbidden", "the lab view acts only with a key: set server.api_key and log in")
+        if host in busy:
+            raise Refused("busy", f"an action on {host} is still running: try again when it has ended")
+        busy.add(host)
         try:
             return asdict(await asyncio.to_thread(call))
         except UnknownHost as exc:
             raise Refused("no_route", str(exc)) from None
+        finally:
+            busy.discard(host)
 
     @routes.post("/api/lab/hosts/{host}/models/{name:path}/{action}", dependencies=[Depends(access.actor)])
     async def model_action(
         host: str, name: str, action: Literal["load", "pin", "unload"]
     ) -> dict[str, object]:
         if action == "unload":
-            return await done(lambda: act.unload(host, name))
-        return await done(lambda: act.load(host, name, pin=action == "pin"))
+            return await done(host, lambda: act.unload(host, name))
+        return await done(host, lambda: act.load(host, name, pin=action == "pin"))
 
     @routes.post("/api/lab/hosts/{host}/restart", dependencies=[Depends(access.actor)])
     async def restart(host: str) -> dict[str, object]:
-        return await done(lambda: act.restart(host))
+        return await done(host, lambda: act.restart(host))
 
     return routes
 

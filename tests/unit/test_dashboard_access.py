@@ -5,6 +5,8 @@ and that its actions stay off."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi import Request
@@ -90,3 +92,43 @@ def test_a_keyed_lab_view_acts_only_on_its_own_hosts() -> None:
     unknown = client.post("/ui/api/lab/hosts/elsewhere/models/smollm2/load", headers={CSRF_HEADER: token})
     assert unknown.status_code == 404
     assert unknown.json()["error"]["message"].startswith("no host 'elsewhere' in this dashboard")
+
+
+class HeldRestart:
+    """Lab actions whose restart waits for the test to let it end (the real ones are tested over SSH
+    in test_fleet_ssh; this is about the view running one action per host at a time)."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def load(self, host: str, model: str, pin: bool) -> lab.ActionDone:
+        return lab.ActionDone(True, f"loaded {model}", HOSTS[0])
+
+    def unload(self, host: str, model: str) -> lab.ActionDone:
+        return lab.ActionDone(True, f"unloaded {model}", HOSTS[0])
+
+    def restart(self, host: str) -> lab.ActionDone:
+        self.started.set()
+        assert self.release.wait(30), "the test never let the restart end"
+        return lab.ActionDone(True, "restarted", HOSTS[0])
+
+
+def test_a_host_runs_one_action_at_a_time_and_says_so_to_the_second() -> None:
+    actions = HeldRestart()
+    with TestClient(
+        lab.create_app(lambda: HOSTS, "secret", LOOPBACK, actions), base_url="http://127.0.0.1"
+    ) as client:
+        client.post("/ui/login", data={"key": "secret"})
+        token = client.get("/ui/lab").text.split('name="csrf" content="')[1].split('"')[0]
+        post = lambda path: client.post(path, headers={CSRF_HEADER: token})  # noqa: E731
+        with ThreadPoolExecutor(1) as pool:
+            restart = pool.submit(post, "/ui/api/lab/hosts/a/restart")
+            assert actions.started.wait(30)
+            second = post("/ui/api/lab/hosts/a/models/smollm2/load")
+            actions.release.set()
+            assert restart.result(30).json()["message"] == "restarted"
+        assert second.status_code == 409
+        assert second.json()["error"]["message"] == (
+            "an action on a is still running: try again when it has ended"
+        )
+        assert post("/ui/api/lab/hosts/a/models/smollm2/load").json()["message"] == "loaded smollm2"
