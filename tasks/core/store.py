@@ -332,6 +332,8 @@ class CacheLayout:
     repo_dir: str
     revision: str
     files: list[CachedFile]
+    room: int | None = None  # bytes a copy may use here: free less models.free_space_margin_mb
+    # (None from a host whose checkout predates it: a fleet mid-deploy runs two revisions)
 
 
 def cache_layout(entry: CatalogEntry, models: ModelsSettings) -> CacheLayout:
@@ -349,9 +351,11 @@ def cache_layout(entry: CatalogEntry, models: ModelsSettings) -> CacheLayout:
         blob = target.name if target.parent.name == "blobs" else ""
         commit = local.path.relative_to(storage / "snapshots").parts[0]
         found.append(CachedFile(local.name, "complete", local.size, blob, commit))
-    return CacheLayout(str(storage.absolute()), entry.revision or "main", found)
+    room = free_bytes(storage) - models.free_space_margin_mb * 1_000_000
+    return CacheLayout(str(storage.absolute()), entry.revision or "main", found, room)
 
 
 def cache_layout_from_json(text: str) -> CacheLayout:
     raw = json.loads(text)
-    return CacheLayout(raw["repo_dir"], raw["revision"], [CachedFile(**f) for f in raw["files"]])
+    files = [CachedFile(**f) for f in raw["files"]]
+    return CacheLayout(raw["repo_dir"], raw["revision"], files, raw.get("room"))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from tasks.core import remote, store
-from tasks.core.catalog import CatalogEntry
+from tasks.core.catalog import CatalogEntry, describe_size
 from tasks.core.config import Settings
 from tasks.core.errors import HomelabError
 from tasks.core.hub import SHA256
@@ -165,13 +165,14 @@ def _copy_to(
     connection = remote.open_connection(target, config, settings)
     try:
         theirs = remote_layout(connection, target, entry.name)
-        have = {f.name: f for f in theirs.files}
+        complete = {f.name for f in theirs.files if f.state == "complete"}
+        sending = [f for f in files if f.name not in complete]
+        _check_room(target, theirs, sending)
         sftp = open_sftp(connection, target)
-        results = []
-        for file in files:
-            if file.name in have and have[file.name].state == "complete":
-                results.append(Copied(target.name, file.name, "already there", 0, 0.0, True))
-                continue
+        results = [
+            Copied(target.name, f.name, "already there", 0, 0.0, True) for f in files if f.name in complete
+        ]
+        for file in sending:
             send = _Send(connection, sftp, target, theirs.repo_dir, file, expected[file.name])
             results.append(send.run(source, progress))
         return results
@@ -182,6 +183,18 @@ def _copy_to(
         return [Copied(target.name, "", "failed", 0, time.monotonic() - started, False, detail)]
     finally:
         connection.close()
+
+
+def _check_room(target: Target, theirs: store.CacheLayout, sending: list[store.CachedFile]) -> None:
+    """Refuse before the first byte a copy that the host's disk cannot hold (its partials count)."""
+    partial = {f.name: f.size for f in theirs.files if f.state == "partial"}
+    needed = sum(f.size - partial.get(f.name, 0) for f in sending)
+    if theirs.room is not None and needed > theirs.room:
+        raise HomelabError(
+            f"{target.name}: not enough disk space: the copy needs {describe_size(needed)}, and only "
+            f"{describe_size(max(0, theirs.room))} is free beyond its models.free_space_margin_mb",
+            "free some space there or lower that margin",
+        )
 
 
 @dataclass

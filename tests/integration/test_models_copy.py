@@ -173,3 +173,25 @@ def test_a_bundled_model_needs_no_copy(lab_yaml: Path) -> None:
     done = cli("inv", lab_yaml, "models.copy", "smollm2", "--to", "x")
     assert done.returncode == 0, done.stderr
     assert "smollm2 is bundled" in done.stdout
+
+
+def test_a_copy_the_hosts_disk_cannot_hold_is_refused_before_its_first_byte(
+    lab_yaml: Path, hosts: dict[str, Path]
+) -> None:
+    """Host x keeps a margin larger than any disk free: the copy fails in one line and sends nothing."""
+    settings = hosts["x"].parent / "llm-homelab" / "invoke.yaml"
+    kept = settings.read_text()
+    margin = "  free_space_margin_mb: 512 "
+    assert margin in kept
+    settings.write_text(kept.replace(margin, "  free_space_margin_mb: 1000000000000 "))
+    try:
+        code, rows, said = copy(lab_yaml, "--to", "x")
+    finally:
+        settings.write_text(kept)
+    assert code == 1, said
+    assert [(r["host"], r["result"], r["sent"]) for r in rows] == [("x", "failed", "0 B")]
+    assert rows[0]["detail"].startswith(
+        "x: not enough disk space: the copy needs 8.4 MB, and only 0 B is free"
+    )
+    assert rows[0]["detail"].endswith("— free some space there or lower that margin")
+    assert not (hosts["x"] / REPO_DIR).exists()
