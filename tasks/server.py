@@ -413,9 +413,12 @@ def chat(c: Context, prompt: str, max_tokens: int = 0, temperature: float = -1.0
 
 @task(
     name="claude",
-    help={"print_only": "print the environment as shell lines (for eval) instead of launching `claude`"},
+    help={
+        "print_only": "print the environment as shell lines (for eval) instead of launching `claude`",
+        "max_output_tokens": "a lower cap on each answer than the one that fits the context (0: that one)",
+    },
 )
-def claude(c: Context, print_only: bool = False) -> None:
+def claude(c: Context, print_only: bool = False, max_output_tokens: int = 0) -> None:
     """Point Claude Code at this server: launch `claude` with the right environment, or print it.
 
     `eval "$(inv server.claude --print-only)"` sets it in the current shell (the key included)."""
@@ -429,9 +432,9 @@ def claude(c: Context, print_only: bool = False) -> None:
     env = claude_code.environment(
         endpoint.url,
         endpoint.api_key,
-        endpoint.context_size,
         configured.claude_model,
         configured.claude_small_fast_model,
+        claude_code.chosen_cap(endpoint.context_size, max_output_tokens),
     )
     if warning := claude_code.context_warning(endpoint.model, endpoint.context_size):
         print(f"warning: {warning}", file=sys.stderr)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from tasks.core.config import PROJECT_ROOT
+from tasks.core.errors import HomelabError
 
 LOCAL_PROGRAM = PROJECT_ROOT / ".tools" / "claude-code" / "node_modules" / ".bin" / "claude"
 # Claude Code's first print-mode request: 4,154 tokens on smollm2 with a claude-*-5-5 model name
@@ -36,8 +37,23 @@ def output_cap(context_size: int) -> int:
     return min(MAX_OUTPUT_TOKENS, max(256, (context_size - FIRST_PROMPT_TOKENS) // 4))
 
 
+def chosen_cap(context_size: int, asked: int) -> int:
+    """The answer cap: output_cap, or a lower one asked for (a shorter wait when a small model runs on);
+    a higher one would not fit four answers beside the prompt, so it is refused."""
+    fits = output_cap(context_size)
+    if asked == 0:
+        return fits
+    if 0 < asked <= fits:
+        return asked
+    raise HomelabError(
+        f"--max-output-tokens {asked}: Claude Code's answers can have 1 to {fits} tokens beside its prompt"
+        f" in a {context_size:,}-token context",
+        f"ask for {fits} or less, or serve a larger context (inv server.restart --context-size N)",
+    )
+
+
 def environment(
-    base_url: str, api_key: str, context_size: int, model: str, small_fast_model: str
+    base_url: str, api_key: str, model: str, small_fast_model: str, max_output_tokens: int
 ) -> dict[str, str]:
     """Every model tier onto served names, the key as a variable (never an argument), a bounded answer,
     and no traffic beyond the server (no update checks, telemetry or /api/hello probe)."""
@@ -50,7 +66,7 @@ def environment(
         "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
         "ANTHROPIC_DEFAULT_HAIKU_MODEL": small_fast_model,
         "ANTHROPIC_SMALL_FAST_MODEL": small_fast_model,
-        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(output_cap(context_size)),
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(max_output_tokens),
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     }
 

@@ -33,6 +33,10 @@ from tests.fixtures.sshd import Lab, cli
 from tests.ports import free_port
 
 KEY = "claude-test-key"
+# What the turns here ask of `server.claude --max-output-tokens` (the recorder test checks the cap
+# that fits the context, 798): SmolLM2 at temperature 1 often runs on, and a run-on answer costs four
+# caps of decoding beside Claude Code's ~5k-token prompt (~25 tok/s on two cores): 4 x 64, not 4 x 798.
+SHORT_CAP = 64
 FAILURES = (
     "Prompt is too long",
     "API Error",
@@ -58,11 +62,13 @@ class Served:
         now = self.messages()
         return {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
 
-    def claude_env(self, url: str = "") -> dict[str, str]:
-        """What server.claude sets for this server, or for a proxy in front of it at `url`."""
+    def claude_env(self, url: str = "", cap: int = SHORT_CAP) -> dict[str, str]:
+        """What `server.claude --max-output-tokens CAP` sets for this server, or for a proxy in front of
+        it at `url`."""
         tiers = config.load().server
+        cap = claude_code.chosen_cap(self.context_size, cap)
         return claude_code.environment(
-            url or self.url, KEY, self.context_size, tiers.claude_model, tiers.claude_small_fast_model
+            url or self.url, KEY, tiers.claude_model, tiers.claude_small_fast_model, cap
         )
 
 
@@ -127,7 +133,8 @@ def assert_answered(turn: Turn) -> None:
 
 def test_environment_is_what_claude_code_acts_on(recorder: Recorder, tmp_path: Path) -> None:
     """Against the recorder: the tier name, the key, the output cap, and no probe or other traffic."""
-    env = claude_code.environment(recorder.url, "k 'quoted'", 8192, "claude-sonnet-5-5", "claude-haiku-5-5")
+    cap = claude_code.output_cap(8192)
+    env = claude_code.environment(recorder.url, "k 'quoted'", "claude-sonnet-5-5", "claude-haiku-5-5", cap)
     for args in (PROMPT_ARGS, ("--continue", *CONTINUE_ARGS)):
         turn = run_claude(env, tmp_path / "home", tmp_path / "work", *args, timeout_s=120)
         assert turn.returncode == 0 and turn.stdout.strip() == "hello", turn.output
@@ -142,14 +149,13 @@ def test_environment_is_what_claude_code_acts_on(recorder: Recorder, tmp_path: P
 
 
 def test_print_mode_answers_through_the_environment_server_claude_prints(served: Served, user: User) -> None:
-    """`eval "$(inv server.claude --print-only)"`, then `claude -p`: an answer, and no request failed
-    or was retried."""
-    printed = inv(served.env, "server.claude", "--print-only")
+    """`eval "$(inv server.claude --print-only --max-output-tokens 64)"`, then `claude -p`: an answer,
+    and no request failed or was retried."""
+    asked = ("server.claude", "--print-only", "--max-output-tokens", str(SHORT_CAP))
+    printed = inv(served.env, *asked)
     routes = "# main tier claude-sonnet-5-5 → smollm2, haiku tier claude-haiku-5-5 → smollm2"
     assert printed.returncode == 0 and printed.stderr.strip() == routes, printed.stderr  # no warning
-    script = (
-        f'eval "$({shlex.join([sys.executable, "-m", "invoke", "server.claude", "--print-only"])})"; env -0'
-    )
+    script = f'eval "$({shlex.join([sys.executable, "-m", "invoke", *asked])})"; env -0'
     exported = subprocess.run(
         ["bash", "-c", script], cwd=PROJECT_ROOT, env=served.env, capture_output=True, check=True
     ).stdout.decode()
@@ -167,7 +173,16 @@ def test_server_claude_launches_claude_code(served: Served, user: User) -> None:
     """Without a terminal, the launched Claude Code reads its prompt from stdin and answers once."""
     user.work.mkdir(parents=True)
     launched = subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(PROJECT_ROOT), "server.claude"],
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "--search-root",
+            str(PROJECT_ROOT),
+            "server.claude",
+            "--max-output-tokens",
+            str(SHORT_CAP),
+        ],
         cwd=user.work,
         env={**served.env, "HOME": str(user.home), "ANTHROPIC_API_KEY": "a-real-key"},
         input="Reply with the single word: hello",
@@ -188,13 +203,11 @@ def test_second_turn_reads_the_first_turns_prompt_from_the_cache(served: Served,
     """Measured per request through a relaying recorder: Claude Code's JSON usage sums a turn's
     requests (it continues a cut answer with more), so it cannot say what the second turn's first
     request found. A HOME and folder of its own make the first turn's prompt new to the server past
-    Claude Code's opening lines. The answer cap is server.claude's floor (what it sets for a small
-    context): a run-on answer costs 4 x 256 tokens, not 4 x 798, and the cache is what is measured.
-    Wall times and time to first token are printed (-rP), not asserted."""
+    Claude Code's opening lines. The cache is what is measured. Wall times and time to first token
+    are printed (-rP), not asserted."""
     home, work = tmp_path / "home", tmp_path / "work"
     with recording(served.url) as proxy:
-        floor = str(claude_code.output_cap(0))
-        env = {**served.claude_env(proxy.url), "CLAUDE_CODE_MAX_OUTPUT_TOKENS": floor}
+        env = served.claude_env(proxy.url)
         turns = []
         for args in (PROMPT_ARGS, ("--continue", *CONTINUE_ARGS)):
             proxy.exchanges.clear()
@@ -230,18 +243,18 @@ def test_prompt_longer_than_the_context_ends_in_claude_codes_own_refusal(
 
 def test_claude_code_here_against_server_start_through_fab(ssh_lab: Lab, tmp_path: Path) -> None:
     """`fab -H a server.start` on the sshd host; its `server.claude --print-only` gives the environment.
-    The answer cap is lowered to server.claude's floor, as in the cache test: that host's server
-    prefills Claude Code's prompt anew, and what is proved is the environment, not a long answer."""
+    That host's server prefills Claude Code's prompt anew; what is proved is the environment (and the
+    flag through fab), not a long answer."""
     lab_yaml = ssh_lab.write_config(tmp_path / "lab.yaml")
     started = cli("fab", lab_yaml, "-H", "a", "server.start", "--api-key", KEY, timeout_s=300)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        printed = cli("fab", lab_yaml, "-H", "a", "server.claude", "--print-only")
+        cap = ("--max-output-tokens", str(SHORT_CAP))
+        printed = cli("fab", lab_yaml, "-H", "a", "server.claude", "--print-only", *cap)
         assert printed.returncode == 0, printed.stdout + printed.stderr
         exports = [shlex.split(line)[1] for line in printed.stdout.splitlines() if line.startswith("export ")]
         env = dict(item.split("=", 1) for item in exports)
-        assert env["ANTHROPIC_AUTH_TOKEN"] == KEY
-        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(claude_code.output_cap(0))
+        assert (env["ANTHROPIC_AUTH_TOKEN"], env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"]) == (KEY, str(SHORT_CAP))
         assert_answered(run_claude(env, tmp_path / "home", tmp_path / "work", *PROMPT_ARGS))
     finally:
         cli("fab", lab_yaml, "-H", "a", "server.stop", timeout_s=120)

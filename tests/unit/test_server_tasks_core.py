@@ -56,7 +56,8 @@ def test_claude_code_environment_follows_the_running_server(
     assert server_state.record(files, os.getpid(), psutil.Process().cmdline())  # stands in for a server
     endpoint = server_state.endpoint(files, settings.server)
     assert (endpoint.url, endpoint.api_key, endpoint.context_size) == ("http://127.0.0.1:9123", "k", 4096)
-    env = claude_code.environment(endpoint.url, endpoint.api_key, endpoint.context_size, "m", "s")
+    cap = claude_code.chosen_cap(endpoint.context_size, 0)
+    env = claude_code.environment(endpoint.url, endpoint.api_key, "m", "s", cap)
     assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9123" and env["ANTHROPIC_AUTH_TOKEN"] == "k"
     assert int(env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"]) <= 4096 // 4
 
