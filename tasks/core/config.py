@@ -35,6 +35,11 @@ class ModelsSettings(Section):
     free_space_margin_mb: int = Field(ge=0)
     converted_dir: Path
 
+    @property
+    def free_space_margin_bytes(self) -> int:
+        """What a download or a copy leaves free on the cache's disk."""
+        return self.free_space_margin_mb * 1_000_000
+
     _paths = field_validator("catalog", "cache_dir", "converted_dir", mode="before")(
         lambda v: expand_path(str(v))
     )

@@ -316,7 +316,7 @@ def plan_download(
         else:
             have = partial.stat().st_size if partial.is_file() else 0
             plans.append(FilePlan(remote, have if have <= remote.size else 0, cached=False))
-    margin = models.free_space_margin_mb * 1_000_000
+    margin = models.free_space_margin_bytes
     return DownloadPlan(plans, models.cache_dir, store.free_bytes(models.cache_dir), margin)
 
 

@@ -351,7 +351,7 @@ def cache_layout(entry: CatalogEntry, models: ModelsSettings) -> CacheLayout:
         blob = target.name if target.parent.name == "blobs" else ""
         commit = local.path.relative_to(storage / "snapshots").parts[0]
         found.append(CachedFile(local.name, "complete", local.size, blob, commit))
-    room = free_bytes(storage) - models.free_space_margin_mb * 1_000_000
+    room = free_bytes(storage) - models.free_space_margin_bytes
     return CacheLayout(str(storage.absolute()), entry.revision or "main", found, room)
 
 

@@ -140,10 +140,8 @@ def main() -> None:
             skipped = (
                 "litellm not installed (pip install 'litellm[proxy]', or BENCH_LITELLM=/path/to/litellm)"
             )
-        for served in targets.values():
-            asyncio.run(
-                drive_streams(peers.chat_turn(served, 8), 1)
-            )  # warm: model loaded, routes and pools set up
+        for served in targets.values():  # warm: model loaded, routes and pools set up
+            asyncio.run(drive_streams(peers.chat_turn(served, 8), 1))
         for concurrency in (1, 4):
             cells = measure(targets, concurrency, repeats, max_tokens)
             reference = best(cells["direct"])

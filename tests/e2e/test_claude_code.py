@@ -173,16 +173,7 @@ def test_server_claude_launches_claude_code(served: Served, user: User) -> None:
     """Without a terminal, the launched Claude Code reads its prompt from stdin and answers once."""
     user.work.mkdir(parents=True)
     launched = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "invoke",
-            "--search-root",
-            str(PROJECT_ROOT),
-            "server.claude",
-            "--max-output-tokens",
-            str(SHORT_CAP),
-        ],
+        [*core.MANAGE_COMMAND, "server.claude", "--max-output-tokens", str(SHORT_CAP)],
         cwd=user.work,
         env={**served.env, "HOME": str(user.home), "ANTHROPIC_API_KEY": "a-real-key"},
         input="Reply with the single word: hello",

@@ -21,6 +21,11 @@ HOSTS = [lab.HostView("a", True, revision="abc123", health="ok", disk_free_gb=12
 LOOPBACK = ["localhost", "127.0.0.1", "::1"]
 
 
+def csrf_of(page: str) -> str:
+    """The CSRF token a page carries for its actions."""
+    return page.split('name="csrf" content="')[1].split('"')[0]
+
+
 def app(key: str) -> TestClient:
     return TestClient(lab.create_app(lambda: HOSTS, key, LOOPBACK), base_url="http://127.0.0.1")
 
@@ -76,7 +81,7 @@ def test_a_keyless_lab_view_is_read_only_and_says_how_to_act() -> None:
     client = acting_app("")
     shown = client.get("/ui/lab")
     assert 'data-acting="yes"' not in shown.text and "need a key: set server.api_key" in shown.text
-    token = shown.text.split('name="csrf" content="')[1].split('"')[0]
+    token = csrf_of(shown.text)
     refused = client.post("/ui/api/lab/hosts/a/restart", headers={CSRF_HEADER: token})
     assert refused.status_code == 403
     assert refused.json()["error"]["message"].startswith("the lab view acts only with a key")
@@ -87,7 +92,7 @@ def test_a_keyed_lab_view_acts_only_on_its_own_hosts() -> None:
     client.post("/ui/login", data={"key": "secret"})
     shown = client.get("/ui/lab")
     assert 'data-acting="yes"' in shown.text
-    token = shown.text.split('name="csrf" content="')[1].split('"')[0]
+    token = csrf_of(shown.text)
     assert client.post("/ui/api/lab/hosts/a/restart").status_code == 403  # no CSRF token
     unknown = client.post("/ui/api/lab/hosts/elsewhere/models/smollm2/load", headers={CSRF_HEADER: token})
     assert unknown.status_code == 404
@@ -119,7 +124,7 @@ def test_a_host_runs_one_action_at_a_time_and_says_so_to_the_second() -> None:
         lab.create_app(lambda: HOSTS, "secret", LOOPBACK, actions), base_url="http://127.0.0.1"
     ) as client:
         client.post("/ui/login", data={"key": "secret"})
-        token = client.get("/ui/lab").text.split('name="csrf" content="')[1].split('"')[0]
+        token = csrf_of(client.get("/ui/lab").text)
         post = lambda path: client.post(path, headers={CSRF_HEADER: token})  # noqa: E731
         with ThreadPoolExecutor(1) as pool:
             restart = pool.submit(post, "/ui/api/lab/hosts/a/restart")
